@@ -1,0 +1,305 @@
+"""Train a PyTorch model inside a Beam pipeline and serve it as it trains.
+
+Run the default job (the embedded phishing data set, replayed in event time):
+
+    python -m pipelines.online_train --runner=DirectRunner
+
+Outputs under ``--output_dir``: ``predictions/`` (Parquet), ``metrics/``
+(Parquet and JSON Lines, one row per event-time window), ``models/`` (the
+versioned checkpoints and a manifest), ``dead_letter/`` (JSON Lines),
+``report.md`` with plots, and ``schema.pbtxt``.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+from typing import List, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from ml.models import CLASSIFICATION, ModelSpec
+from ml.store import ModelStore
+from ml.trainer import OPTIMIZERS, TrainerConfig
+from pipelines import common
+from pipelines import report
+from transforms import dead_letter
+from transforms import replay
+from transforms import schema as schema_lib
+from transforms import sources
+from transforms import windowing
+from transforms.evaluation import PrequentialMetrics
+from transforms.inference import MODEL_SELECTIONS, DEVICES, SafetensorsModelHandler, VersionedInference
+from transforms.sinks import WriteRows
+from transforms.training import TrainingConfig, TrainOnline, publish_initial_model
+from transforms.validate import ValidateRecords
+
+_LOGGER = logging.getLogger(__name__)
+
+# Owned output subdirectories, replaced on a fresh run (not with --resume).
+OUTPUT_SUBDIRS = ("predictions", "metrics", "models", "dead_letter", "plots")
+
+PREDICTION_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("event_time", pa.float64()),
+    ("label", pa.float64()),
+    ("prediction", pa.list_(pa.float64())),
+    ("predicted_class", pa.int64()),
+    ("model_version", pa.int64()),
+    ("training_watermark", pa.float64()),
+    ("baseline_prediction", pa.list_(pa.float64())),
+    ("inference_latency_ms", pa.float64()),
+    ("processing_time", pa.float64()),
+])
+
+METRICS_SCHEMA_FIELDS = [
+    ("window_start", pa.float64()),
+    ("window_end", pa.float64()),
+    ("events", pa.int64()),
+    ("labelled_events", pa.int64()),
+    ("min_model_version", pa.int64()),
+    ("max_model_version", pa.int64()),
+]
+
+
+def metrics_schema(task: str) -> pa.Schema:
+    names = ("accuracy", "log_loss") if task == CLASSIFICATION else ("mae", "rmse")
+    fields = list(METRICS_SCHEMA_FIELDS)
+    for prefix in ("online", "baseline"):
+        fields += [(f"{prefix}_{name}", pa.float64()) for name in names]
+    return pa.schema(fields)
+
+
+def prediction_to_row(prediction) -> dict:
+    def as_list(output):
+        if output is None:
+            return None
+        return list(output) if isinstance(output, (list, tuple)) else [float(output)]
+
+    row = prediction._asdict()
+    row["label"] = None if prediction.label is None else float(prediction.label)
+    row["prediction"] = as_list(prediction.prediction)
+    row["baseline_prediction"] = as_list(prediction.baseline_prediction)
+    return row
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.online_train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sources.add_source_options(parser)
+    replay.add_replay_options(parser)
+    windowing.add_windowing_options(parser)
+
+    group = parser.add_argument_group("model and training")
+    group.add_argument("--model_name", default=None,
+                       help="Name of the model in the store; defaults to '<dataset>-mlp'.")
+    group.add_argument("--model_class", default=None,
+                       help="Your own nn.Module as 'package.module:ClassName', built as "
+                            "cls(num_inputs, num_outputs, **model_kwargs).")
+    group.add_argument("--model_kwargs", default="{}", help="JSON object of keyword arguments for --model_class.")
+    group.add_argument("--hidden", default="64", help="Hidden layer widths of the built-in MLP, comma-separated.")
+    group.add_argument("--learning_rate", type=float, default=1e-2, help="Optimizer learning rate.")
+    group.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="Optimizer.")
+    group.add_argument("--steps_per_pane", type=int, default=1, help="Passes over each pane's examples.")
+    group.add_argument("--train_batch_size", type=int, default=64, help="Mini-batch size within a pass.")
+    group.add_argument("--max_loss", type=float, default=None,
+                       help="Quality gate: an update whose training loss exceeds this is not published.")
+    group.add_argument("--serving_window", default=None,
+                       help="Event-time length of a serving window (e.g. 1h); defaults to the "
+                            "training window's size (or period, for sliding windows).")
+
+    group = parser.add_argument_group("serving")
+    group.add_argument("--model_selection", default="as_of", choices=MODEL_SELECTIONS,
+                       help="as_of: newest version trained on labels at or before the event's time "
+                            "(reproducible, no leakage); latest: newest version published so far.")
+    group.add_argument("--device", default="auto", choices=DEVICES,
+                       help="Inference device; cuda falls back to cpu when CUDA is unavailable.")
+    group.add_argument("--inference_batch_size", type=int, default=256, help="Maximum inference batch size.")
+    group.add_argument("--max_cached_models", type=int, default=4, help="Loaded model versions kept per worker.")
+
+    group = parser.add_argument_group("validation and output")
+    group.add_argument("--schema", default=None,
+                       help="A tensorflow_metadata Schema text proto; inferred from the input when absent.")
+    group.add_argument("--schema_sample_rows", type=int, default=100_000,
+                       help="Rows read to infer the schema when --schema is absent.")
+    group.add_argument("--max_record_bytes", type=int, default=65_536,
+                       help="Records larger than this (as JSON) go to dead letters.")
+    group.add_argument("--output_dir", default=os.path.join("output", "online_train"),
+                       help="Directory for predictions, metrics, models, dead letters and the report.")
+    group.add_argument("--resume", action="store_true",
+                       help="Continue from the newest version in --output_dir/models instead of starting anew.")
+    group.add_argument("--no_report", action="store_true", help="Skip report.md and plots after the run.")
+    return parser
+
+
+def default_window_spec(source_config) -> str:
+    """A training window that gives each window tens of events on the built-in data."""
+    if source_config.input is None and source_config.dataset == "phishing":
+        return "fixed:1h"
+    return "fixed:5m"
+
+
+def prepare_output_dir(output_dir: str, resume: bool) -> None:
+    if resume:
+        return
+    for name in OUTPUT_SUBDIRS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            _LOGGER.info("Removing %s from an earlier run (pass --resume to continue it).", path)
+            shutil.rmtree(path)
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def load_or_infer_schema(args, source_config):
+    if args.schema:
+        return schema_lib.load_schema(args.schema)
+    rows = sources.sample_rows(source_config, args.schema_sample_rows)
+    return schema_lib.infer_schema(
+        rows,
+        label_column=source_config.label_column,
+        timestamp_column=source_config.timestamp_column,
+        id_column=source_config.id_column,
+    )
+
+
+def build_model_spec(args, schema) -> ModelSpec:
+    task = schema_lib.task(schema)
+    num_outputs = len(schema_lib.label_classes(schema)) if task == CLASSIFICATION else 1
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--model_kwargs {args.model_kwargs!r} is not a JSON object: {error}.") from None
+    try:
+        hidden = tuple(int(width) for width in args.hidden.split(",") if width.strip())
+    except ValueError:
+        raise ValueError(f"--hidden {args.hidden!r} is not a comma-separated list of widths, e.g. 64,32.") from None
+    return ModelSpec(
+        task=task,
+        num_inputs=schema_lib.num_model_inputs(schema),
+        num_outputs=num_outputs,
+        hidden=hidden,
+        model_class=args.model_class,
+        model_kwargs=tuple(sorted(model_kwargs.items())),
+    )
+
+
+def run(argv: Optional[List[str]] = None) -> dict:
+    """Build and run the pipeline; return the report summary."""
+    parser = build_parser()
+    args, pipeline_args = parser.parse_known_args(argv)
+    options = PipelineOptions(pipeline_args)
+    streaming = options.view_as(StandardOptions).streaming
+
+    source_config = sources.source_config_from_args(args)
+    replay_config = replay.replay_config_from_args(args)
+    if args.window is None:
+        args.window = default_window_spec(source_config)
+    windowing_config = windowing.WindowingConfig.from_options(args)
+    serving_window_s = common.serving_window_seconds(args.serving_window, windowing_config)
+
+    prepare_output_dir(args.output_dir, args.resume)
+    schema = load_or_infer_schema(args, source_config)
+    schema_lib.save_schema(schema, os.path.join(args.output_dir, "schema.pbtxt"))
+    model_spec = build_model_spec(args, schema)
+    model_name = args.model_name or f"{source_config.dataset or 'input'}-mlp"
+
+    store_root = os.path.join(args.output_dir, "models")
+    filesystem = common.BeamFileSystem()
+    store = ModelStore(store_root, filesystem)
+    training_config = TrainingConfig(
+        model_name=model_name,
+        model_spec=model_spec,
+        trainer=TrainerConfig(
+            learning_rate=args.learning_rate,
+            optimizer=args.optimizer,
+            steps_per_pane=args.steps_per_pane,
+            batch_size=args.train_batch_size,
+            max_loss=args.max_loss,
+            seed=source_config.seed,
+        ),
+        serving_window_s=serving_window_s,
+        store_root=store_root,
+    )
+    initial_version = publish_initial_model(training_config, store)
+    if args.resume:
+        initial_version = store.latest(model_name) or initial_version
+        _LOGGER.info("Resuming from version %d of %s.", initial_version.version, model_name)
+
+    mode = replay.choose_replay_mode(options)
+    _LOGGER.info(
+        "Replaying %s in %s mode (%s), training windows %s, serving windows of %g s, %s model selection.",
+        source_config.input or source_config.dataset, mode, "streaming" if streaming else "batch",
+        args.window, serving_window_s, args.model_selection,
+    )
+
+    pipeline = beam.Pipeline(options=options)
+    records = pipeline | "ReadEvents" >> replay.ReadEvents(source_config, replay_config, mode)
+    validated = records | "ValidateRecords" >> ValidateRecords(
+        schema,
+        max_record_bytes=args.max_record_bytes,
+        lateness=windowing_config.lateness_rule(),
+    )
+    events = validated.valid
+
+    trained = events | "TrainOnline" >> TrainOnline(
+        training_config, windowing_config.window_into("WindowForTraining"), initial_version, filesystem
+    )
+    handler = SafetensorsModelHandler(
+        store_root, device=args.device, filesystem=filesystem, max_batch_size=args.inference_batch_size
+    )
+    predictions = events | "VersionedInference" >> VersionedInference(
+        handler,
+        serving_window_s,
+        initial_version,
+        serving_records=trained.serving,
+        published_versions=trained.versions,
+        model_selection=args.model_selection,
+        max_cached_models=args.max_cached_models,
+    )
+
+    output = args.output_dir
+    _ = predictions | "WritePredictions" >> WriteRows(
+        os.path.join(output, "predictions"), "parquet", PREDICTION_SCHEMA, prediction_to_row
+    )
+    metrics = predictions | "PrequentialMetrics" >> PrequentialMetrics(model_spec.task)
+    _ = metrics | "WriteMetricsParquet" >> WriteRows(
+        os.path.join(output, "metrics"), "parquet", metrics_schema(model_spec.task)
+    )
+    _ = metrics | "WriteMetricsJson" >> WriteRows(os.path.join(output, "metrics"), "jsonl")
+    _ = validated.dead_letter | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
+
+    result = pipeline.run()
+    result.wait_until_finish()
+    engine = common.describe_engine(result, options)
+    _LOGGER.info("Pipeline finished on %s.", engine)
+    common.log_counters(result)
+
+    if args.no_report or not common.is_local_path(output):
+        return {"engine": engine}
+    command = "python -m pipelines.online_train " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
+    summary = report.build_report(output, model_name, model_spec.task, engine, command)
+    print(report.format_summary_table(summary))
+    print(f"Report: {os.path.join(output, 'report.md')}")
+    return summary
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        run()
+    except ValueError as error:
+        _LOGGER.error("%s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""Online training inside the pipeline: panes in, published versions out.
+
+Labelled events are windowed for training, grouped into panes, and handed
+to :class:`OnlineTrainer`, a stateful DoFn in the global window keyed by
+model name. It buffers panes and releases them on event-time timers, so it
+trains in event-time order whatever order the runner delivers panes in,
+and the same input gives the same versions on every runner.
+
+Serving windows are fixed windows of ``serving_window_s`` seconds. For each
+serving window W = [a, a + S) the trainer fires a timer at W's last
+timestamp, trains on every buffered pane whose window ended at or before a,
+and emits one *serving record* (the version valid at a) timestamped inside
+W. Versioned inference reads these records as a side input windowed the
+same way, so Beam's per-window side-input readiness makes each event wait
+for exactly the version trained on labels before its serving window.
+"""
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Iterable, List, NamedTuple, Optional, Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.userstate import TimerSpec
+from apache_beam.transforms.userstate import on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+from ml.models import ModelSpec, build_model
+from ml.store import ModelStore, PublishedVersion
+from ml.trainer import IncrementalTrainer, TrainerConfig
+from transforms.records import Event
+
+_LOGGER = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "OnlineTrainer"
+VERSIONS_TAG = "versions"
+_ONE_MILLISECOND = 1e-3
+
+
+class Pane(NamedTuple):
+    """The events of one trigger firing of one training window."""
+
+    window_start: float
+    window_end: float
+    pane_index: int
+    timing: str
+    events: Tuple[Event, ...]
+
+
+class ServingRecord(NamedTuple):
+    """The version that serves events in the serving window starting at ``window_start``."""
+
+    window_start: float
+    version: PublishedVersion
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """How the trainer turns panes into versions."""
+
+    model_name: str
+    model_spec: ModelSpec
+    trainer: TrainerConfig
+    serving_window_s: float
+    store_root: str
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if not self.serving_window_s > 0:
+            raise ValueError(
+                f"serving_window_s must be positive, got {self.serving_window_s}; "
+                "use the training window size, for example 3600 for one hour."
+            )
+
+
+def serving_window_start(event_time: float, window_s: float) -> float:
+    """Start of the serving window containing ``event_time`` (epoch-aligned)."""
+    return math.floor(event_time / window_s) * window_s
+
+
+def publish_initial_model(config: TrainingConfig, store: ModelStore) -> PublishedVersion:
+    """Publish version 0, the seeded initial model, before any event is served.
+
+    Version 0 also serves as the frozen baseline. When it already exists (a
+    rerun over the same store) it is reused, since versions are immutable.
+    """
+    existing = [v for v in store.versions(config.model_name) if v.version == 0]
+    if existing:
+        return existing[0]
+
+    model = build_model(config.model_spec, seed=config.trainer.seed)
+    trainer = IncrementalTrainer(model, config.model_spec.task, config.trainer)
+    metadata = {
+        "model_spec": config.model_spec.to_json(),
+        "published_at": time.time(),
+        "examples_trained": 0,
+        "loss": None,
+        "trained_through_window_end": None,
+    }
+    return store.publish(
+        config.model_name,
+        0,
+        trainer.model.state_dict(),
+        training_watermark=float("-inf"),
+        metadata=metadata,
+        optimizer_state=trainer.optimizer.state_dict(),
+        extra_tensors={"generator_state": trainer.generator.get_state()},
+    )
+
+
+class AttachPaneInfo(beam.DoFn):
+    """Turn a grouped (key, events) pair into a (key, Pane) pair."""
+
+    def process(
+        self,
+        element,
+        window=beam.DoFn.WindowParam,
+        pane_info=beam.DoFn.PaneInfoParam,
+    ):
+        key, events = element
+        ordered = tuple(sorted(events, key=lambda event: (event.event_time, event.id)))
+        yield key, Pane(
+            window_start=float(window.start),
+            window_end=float(window.end),
+            pane_index=pane_info.index,
+            timing=_timing_name(pane_info.timing),
+            events=ordered,
+        )
+
+
+def _timing_name(timing) -> str:
+    from apache_beam.utils.windowed_value import PaneInfoTiming
+
+    return PaneInfoTiming.to_string(timing).lower()
+
+
+class OnlineTrainer(beam.DoFn):
+    """Train on panes in event-time order and publish versions.
+
+    Main output: one :class:`ServingRecord` per serving window that follows
+    the first pane. Tagged output ``versions``: every accepted
+    :class:`PublishedVersion`. Weights live in the model store; the state
+    keeps the current version, so a runner that checkpoints state (Flink)
+    restores training from the store after a failure.
+    """
+
+    PANES = BagStateSpec("panes", PickleCoder())
+    CURRENT = ReadModifyWriteStateSpec("current_version", PickleCoder())
+    SERVED_UNTIL = ReadModifyWriteStateSpec("served_until", PickleCoder())
+    TIMER_AT = ReadModifyWriteStateSpec("timer_at", PickleCoder())
+    RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
+
+    def __init__(self, config: TrainingConfig, initial_version: PublishedVersion, filesystem=None):
+        self.config = config
+        self.initial_version = initial_version
+        self.filesystem = filesystem
+        self.panes_trained = Metrics.counter(METRICS_NAMESPACE, "panes_trained")
+        self.examples_trained = Metrics.counter(METRICS_NAMESPACE, "examples_trained")
+        self.versions_published = Metrics.counter(METRICS_NAMESPACE, "versions_published")
+        self.updates_rejected = Metrics.counter(METRICS_NAMESPACE, "updates_rejected")
+        self.train_latency_ms = Metrics.distribution(METRICS_NAMESPACE, "train_latency_ms")
+
+    def setup(self):
+        self._store = ModelStore(self.config.store_root, self.filesystem)
+        self._cached: Optional[Tuple[int, IncrementalTrainer]] = None
+
+    def process(
+        self,
+        element,
+        panes=beam.DoFn.StateParam(PANES),
+        served_until=beam.DoFn.StateParam(SERVED_UNTIL),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        release=beam.DoFn.TimerParam(RELEASE),
+    ):
+        _, pane = element
+        panes.add(pane)
+
+        # The first serving window that needs a record is the one holding
+        # the pane's earliest event, unless it was already served.
+        window_s = self.config.serving_window_s
+        target_start = serving_window_start(pane.window_start, window_s)
+        already_served = served_until.read()
+        if already_served is not None:
+            target_start = max(target_start, already_served)
+        fire_at = target_start + window_s - _ONE_MILLISECOND
+
+        pending = timer_at.read()
+        if pending is None or fire_at < pending:
+            release.set(Timestamp(fire_at))
+            timer_at.write(fire_at)
+
+    @on_timer(RELEASE)
+    def release_panes(
+        self,
+        key=beam.DoFn.KeyParam,
+        fire_timestamp=beam.DoFn.TimestampParam,
+        panes=beam.DoFn.StateParam(PANES),
+        current=beam.DoFn.StateParam(CURRENT),
+        served_until=beam.DoFn.StateParam(SERVED_UNTIL),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        release=beam.DoFn.TimerParam(RELEASE),
+    ):
+        window_s = self.config.serving_window_s
+        fired_at = float(fire_timestamp)
+        window_start = serving_window_start(fired_at, window_s)
+
+        buffered = list(panes.read())
+        ready = sorted(
+            (pane for pane in buffered if pane.window_end <= window_start),
+            key=lambda pane: (pane.window_end, pane.window_start, pane.pane_index),
+        )
+        waiting = [pane for pane in buffered if pane.window_end > window_start]
+
+        version = current.read() or self.initial_version
+        for pane in ready:
+            published = self._train_on_pane(key, version, pane)
+            if published is not None:
+                version = published
+                current.write(version)
+                yield beam.pvalue.TaggedOutput(
+                    VERSIONS_TAG, beam.window.TimestampedValue(version, fired_at)
+                )
+
+        panes.clear()
+        for pane in waiting:
+            panes.add(pane)
+
+        yield beam.window.TimestampedValue(ServingRecord(window_start, version), fired_at)
+        served_until.write(window_start + window_s)
+
+        if waiting:
+            next_fire = fired_at + window_s
+            release.set(Timestamp(next_fire))
+            timer_at.write(next_fire)
+        else:
+            timer_at.clear()
+
+    def _train_on_pane(self, key, version: PublishedVersion, pane: Pane) -> Optional[PublishedVersion]:
+        labelled = [event for event in pane.events if event.label is not None]
+        if not labelled:
+            return None
+
+        trainer = self._trainer_for(version)
+        features = np.asarray([event.features for event in labelled], dtype=np.float32)
+        labels = np.asarray([event.label for event in labelled])
+
+        started = time.perf_counter()
+        result = trainer.learn_many(features, labels)
+        self.train_latency_ms.update(int((time.perf_counter() - started) * 1000))
+        self.panes_trained.inc()
+
+        if not result.accepted:
+            self.updates_rejected.inc()
+            _LOGGER.warning(
+                "Model %s: update on pane [%s, %s) rejected by the quality gate (%s); "
+                "version %d keeps serving.",
+                key, pane.window_start, pane.window_end, result.reason, version.version,
+            )
+            return None
+
+        self.examples_trained.inc(result.examples)
+        published = self._publish(key, version, trainer, pane, result)
+        self._cached = (published.version, trainer)
+        self.versions_published.inc()
+        return published
+
+    def _publish(self, key, previous: PublishedVersion, trainer, pane: Pane, result) -> PublishedVersion:
+        metadata = {
+            "model_spec": self.config.model_spec.to_json(),
+            "published_at": time.time(),
+            "examples_trained": result.examples,
+            "loss": result.loss,
+            "trained_through_window_end": pane.window_end,
+            "pane_window_start": pane.window_start,
+            "pane_index": pane.pane_index,
+            "pane_timing": pane.timing,
+            "previous_version": previous.version,
+        }
+        return self._store.publish(
+            key,
+            previous.version + 1,
+            trainer.model.state_dict(),
+            training_watermark=pane.window_end,
+            metadata=metadata,
+            optimizer_state=trainer.optimizer.state_dict(),
+            extra_tensors={"generator_state": trainer.generator.get_state()},
+        )
+
+    def _trainer_for(self, version: PublishedVersion) -> IncrementalTrainer:
+        if self._cached is not None and self._cached[0] == version.version:
+            return self._cached[1]
+
+        # A cold worker, or state restored from a checkpoint: rebuild the
+        # trainer from the version the state points at.
+        spec = ModelSpec.from_json(version.metadata["model_spec"])
+        trainer = IncrementalTrainer(
+            build_model(spec, seed=self.config.trainer.seed),
+            spec.task,
+            self.config.trainer,
+            device=self.config.device,
+        )
+        trainer.model.load_state_dict(self._store.load_model_state(version.path))
+        optimizer_state, extra = self._store.load_optimizer_state(version.path)
+        trainer.optimizer.load_state_dict(optimizer_state)
+        if "generator_state" in extra:
+            trainer.generator.set_state(extra["generator_state"])
+        self._cached = (version.version, trainer)
+        return trainer
+
+
+class TrainOnline(beam.PTransform):
+    """Window events for training, group them into panes and train.
+
+    Returns a tagged result: the main output holds :class:`ServingRecord`s
+    and ``versions`` holds every published :class:`PublishedVersion`.
+    """
+
+    def __init__(self, config: TrainingConfig, window_into: beam.WindowInto, initial_version, filesystem=None):
+        super().__init__()
+        self.config = config
+        self.window_into = window_into
+        self.initial_version = initial_version
+        self.filesystem = filesystem
+
+    def expand(self, events):
+        model_name = self.config.model_name
+        return (
+            events
+            | "WindowForTraining" >> self.window_into
+            | "KeyByModelName" >> beam.Map(lambda event: (model_name, event))
+            | "GroupIntoPanes" >> beam.GroupByKey()
+            | "AttachPaneInfo" >> beam.ParDo(AttachPaneInfo())
+            | "ToGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+            | "Train" >> beam.ParDo(
+                OnlineTrainer(self.config, self.initial_version, self.filesystem)
+            ).with_outputs(VERSIONS_TAG, main="serving")
+        )
