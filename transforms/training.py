@@ -7,12 +7,19 @@ trains in event-time order whatever order the runner delivers panes in,
 and the same input gives the same versions on every runner.
 
 Serving windows are fixed windows of ``serving_window_s`` seconds. For each
-serving window W = [a, a + S) the trainer fires a timer at W's last
-timestamp, trains on every buffered pane whose window ended at or before a,
-and emits one *serving record* (the version valid at a) timestamped inside
-W. Versioned inference reads these records as a side input windowed the
-same way, so Beam's per-window side-input readiness makes each event wait
-for exactly the version trained on labels before its serving window.
+serving window W = [a, a + S) the trainer fires an event-time timer at a,
+trains on every buffered pane whose window ended at or before a (all of
+them have arrived once the input watermark reaches a), and emits one
+*serving record*, the version valid at a, timestamped a. Versioned
+inference reads these records as a side input windowed the same way, so
+Beam's per-window side-input readiness makes each event wait for exactly
+the version trained on labels before its serving window.
+
+The timers form a chain, one per serving window, that runs through gaps
+in the data: each pending timer holds the trainer's output watermark, so
+no serving record is ever late. The chain stops once the watermark passes
+``end_of_stream`` (the last event time of a bounded replay); without it,
+as for a live stream, the chain runs as long as the pipeline does.
 """
 
 import dataclasses
@@ -41,7 +48,6 @@ _LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "OnlineTrainer"
 VERSIONS_TAG = "versions"
-_ONE_MILLISECOND = 1e-3
 
 
 class Pane(NamedTuple):
@@ -71,6 +77,7 @@ class TrainingConfig:
     serving_window_s: float
     store_root: str
     device: str = "cpu"
+    end_of_stream: Optional[float] = None
 
     def __post_init__(self):
         if not self.serving_window_s > 0:
@@ -83,6 +90,11 @@ class TrainingConfig:
 def serving_window_start(event_time: float, window_s: float) -> float:
     """Start of the serving window containing ``event_time`` (epoch-aligned)."""
     return math.floor(event_time / window_s) * window_s
+
+
+def next_serving_boundary(time_s: float, window_s: float) -> float:
+    """The first serving window start at or after ``time_s``."""
+    return math.ceil(time_s / window_s) * window_s
 
 
 def publish_initial_model(config: TrainingConfig, store: ModelStore) -> PublishedVersion:
@@ -181,20 +193,17 @@ class OnlineTrainer(beam.DoFn):
     ):
         _, pane = element
         panes.add(pane)
+        if timer_at.read() is not None:
+            return
 
-        # The first serving window that needs a record is the one holding
-        # the pane's earliest event, unless it was already served.
-        window_s = self.config.serving_window_s
-        target_start = serving_window_start(pane.window_start, window_s)
+        # Start (or, after the end of a bounded stream, restart) the chain at
+        # the first serving window that this pane's labels may serve.
+        fire_at = next_serving_boundary(pane.window_end, self.config.serving_window_s)
         already_served = served_until.read()
         if already_served is not None:
-            target_start = max(target_start, already_served)
-        fire_at = target_start + window_s - _ONE_MILLISECOND
-
-        pending = timer_at.read()
-        if pending is None or fire_at < pending:
-            release.set(Timestamp(fire_at))
-            timer_at.write(fire_at)
+            fire_at = max(fire_at, already_served)
+        release.set(Timestamp(fire_at))
+        timer_at.write(fire_at)
 
     @on_timer(RELEASE)
     def release_panes(
@@ -208,8 +217,7 @@ class OnlineTrainer(beam.DoFn):
         release=beam.DoFn.TimerParam(RELEASE),
     ):
         window_s = self.config.serving_window_s
-        fired_at = float(fire_timestamp)
-        window_start = serving_window_start(fired_at, window_s)
+        window_start = float(fire_timestamp)
 
         buffered = list(panes.read())
         ready = sorted(
@@ -225,20 +233,21 @@ class OnlineTrainer(beam.DoFn):
                 version = published
                 current.write(version)
                 yield beam.pvalue.TaggedOutput(
-                    VERSIONS_TAG, beam.window.TimestampedValue(version, fired_at)
+                    VERSIONS_TAG, beam.window.TimestampedValue(version, window_start)
                 )
 
-        panes.clear()
-        for pane in waiting:
-            panes.add(pane)
+        if ready:
+            panes.clear()
+            for pane in waiting:
+                panes.add(pane)
 
-        yield beam.window.TimestampedValue(ServingRecord(window_start, version), fired_at)
+        yield beam.window.TimestampedValue(ServingRecord(window_start, version), window_start)
         served_until.write(window_start + window_s)
 
-        if waiting:
-            next_fire = fired_at + window_s
-            release.set(Timestamp(next_fire))
-            timer_at.write(next_fire)
+        end_of_stream = self.config.end_of_stream
+        if waiting or end_of_stream is None or window_start <= end_of_stream:
+            release.set(Timestamp(window_start + window_s))
+            timer_at.write(window_start + window_s)
         else:
             timer_at.clear()
 
