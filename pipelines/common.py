@@ -1,78 +1,31 @@
 """Helpers shared by the runnable pipelines."""
 
 import logging
-import re
-from typing import List, Optional
+from typing import Optional
 
-from apache_beam.io.filesystem import BeamIOError
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
+
+from transforms.windowing import parse_duration
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class BeamFileSystem:
-    """The model store's filesystem interface on Beam's ``FileSystems``.
-
-    Local paths, ``gs://`` and ``hdfs://`` work alike. A write goes to a
-    temporary name and is renamed into place; on object stores the rename
-    is a copy then a delete, which still never exposes a partial object
-    under the final name.
-    """
-
-    def join(self, base: str, *parts: str) -> str:
-        return FileSystems.join(base, *parts)
-
-    def exists(self, path: str) -> bool:
-        return FileSystems.exists(path)
-
-    def read_bytes(self, path: str) -> bytes:
-        with FileSystems.open(path) as file:
-            return file.read()
-
-    def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        import uuid
-
-        directory, _ = FileSystems.split(path)
-        FileSystems.mkdirs(directory) if not FileSystems.exists(directory) else None
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        with FileSystems.create(temporary) as file:
-            file.write(data)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        FileSystems.rename([temporary], [path])
-
-    def list_dir(self, path: str) -> List[str]:
-        try:
-            matches = FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list
-        except BeamIOError:
-            return []
-        names = set()
-        prefix = path.rstrip("/") + "/"
-        for metadata in matches:
-            relative = metadata.path[len(prefix):] if metadata.path.startswith(prefix) else metadata.path
-            names.add(relative.split("/")[0])
-        return sorted(names)
-
-
-def parse_duration(text: str) -> float:
-    """Parse '90s', '5m', '1h', '250ms' or a bare number of seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(text))
-    if not match:
-        raise ValueError(f"duration {text!r} is invalid; use a number with a unit, for example 90s, 5m or 1h.")
-    value = float(match.group(1))
-    scale = {"ms": 1e-3, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[match.group(2)]
-    return value * scale
-
-
 def serving_window_seconds(serving_window: Optional[str], windowing_config) -> float:
-    """The serving window length: given, or the training window's size or period."""
+    """The serving window length: given, or the training window's size or period.
+
+    Sliding windows serve per period, so each slide can publish a version;
+    session windows serve per gap.
+    """
     if serving_window:
-        seconds = parse_duration(serving_window)
-    else:
-        seconds = windowing_config.serving_window_seconds()
-    if seconds <= 0:
-        raise ValueError(f"--serving_window must be positive, got {serving_window!r}.")
+        return parse_duration(serving_window, name="--serving_window")
+
+    spec = windowing_config.window
+    seconds = {"fixed": spec.size, "sliding": spec.period, "session": spec.gap}.get(spec.kind)
+    if seconds is None:
+        raise ValueError(
+            f"--window={spec} has no natural serving window; pass --serving_window, "
+            "for example --serving_window=5m."
+        )
     return seconds
 
 

@@ -36,6 +36,7 @@ from transforms import windowing
 from transforms.evaluation import PrequentialMetrics
 from transforms.inference import MODEL_SELECTIONS, DEVICES, SafetensorsModelHandler, VersionedInference
 from transforms.sinks import WriteRows
+from transforms.store_io import BeamFileSystem
 from transforms.training import TrainingConfig, TrainOnline, publish_initial_model
 from transforms.validate import ValidateRecords
 
@@ -212,7 +213,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     model_name = args.model_name or f"{source_config.dataset or 'input'}-mlp"
 
     store_root = os.path.join(args.output_dir, "models")
-    filesystem = common.BeamFileSystem()
+    filesystem = BeamFileSystem()
     store = ModelStore(store_root, filesystem)
     training_config = TrainingConfig(
         model_name=model_name,

@@ -102,3 +102,17 @@ def test_latest_selection_serves_newest_in_batch(events):
     run = run_train_and_serve(events, [], source="create", model_selection="latest")
     newest = max(v.version for v in run["versions"])
     assert {p.model_version for p in run["predictions"].values()} == {newest}
+
+
+@pytest.mark.prism
+@pytest.mark.parametrize("streaming", [False, True], ids=["batch", "streaming"])
+def test_prism_agrees_with_direct_runner(events, batch_run, prism_location, streaming):
+    from runners.prism import prism_pipeline_args
+
+    args = prism_pipeline_args(prism_location) + (STREAMING if streaming else [])
+    prism_run = run_train_and_serve(events, args, source="create")
+
+    prism_versions = {key: p.model_version for key, p in prism_run["predictions"].items()}
+    assert prism_versions == {key: p.model_version for key, p in batch_run["predictions"].items()}
+    for key, prediction in batch_run["predictions"].items():
+        np.testing.assert_allclose(prism_run["predictions"][key].prediction, prediction.prediction, rtol=1e-5)

@@ -34,6 +34,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from ml.models import CLASSIFICATION, ModelSpec, build_model
 from ml.store import ModelStore, PublishedVersion
 from transforms.records import Event
+from transforms.store_io import BeamFileSystem
 from transforms.training import ServingRecord
 
 _LOGGER = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class SafetensorsModelHandler(ModelHandler[Event, Any, torch.nn.Module]):
     def load_model(self) -> torch.nn.Module:
         if self._model_path is None:
             raise ValueError("SafetensorsModelHandler has no model path; call update_model_path first.")
-        store = ModelStore(self._store_root, self._filesystem)
+        store = ModelStore(self._store_root, self._filesystem or BeamFileSystem())
         version = store.read_version(self._model_path)
         spec = ModelSpec.from_json(version.metadata["model_spec"])
         model = build_model(spec)

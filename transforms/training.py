@@ -43,6 +43,7 @@ from ml.models import ModelSpec, build_model
 from ml.store import ModelStore, PublishedVersion
 from ml.trainer import IncrementalTrainer, TrainerConfig
 from transforms.records import Event
+from transforms.store_io import BeamFileSystem
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -138,9 +139,15 @@ class AttachPaneInfo(beam.DoFn):
     ):
         key, events = element
         ordered = tuple(sorted(events, key=lambda event: (event.event_time, event.id)))
+        window_start, window_end = float(window.start), float(window.end)
+        if isinstance(window, beam.window.GlobalWindow):
+            # A global-window pane never ends; it is released once the
+            # watermark passes its newest event.
+            window_start = ordered[0].event_time
+            window_end = ordered[-1].event_time + 1e-3
         yield key, Pane(
-            window_start=float(window.start),
-            window_end=float(window.end),
+            window_start=window_start,
+            window_end=window_end,
             pane_index=pane_info.index,
             timing=_timing_name(pane_info.timing),
             events=ordered,
@@ -180,7 +187,7 @@ class OnlineTrainer(beam.DoFn):
         self.train_latency_ms = Metrics.distribution(METRICS_NAMESPACE, "train_latency_ms")
 
     def setup(self):
-        self._store = ModelStore(self.config.store_root, self.filesystem)
+        self._store = ModelStore(self.config.store_root, self.filesystem or BeamFileSystem())
         self._cached: Optional[Tuple[int, IncrementalTrainer]] = None
 
     def process(

@@ -1,0 +1,1 @@
+"""Local Flink session clusters for running the pipelines on FlinkRunner."""
