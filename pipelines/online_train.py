@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sources.add_source_options(parser)
     replay.add_replay_options(parser)
     windowing.add_windowing_options(parser)
+    # None means "pick a window that suits the data set" (default_window_spec).
+    parser.set_defaults(window=None)
 
     group = parser.add_argument_group("model and training")
     group.add_argument("--model_name", default=None,
@@ -146,6 +148,15 @@ def default_window_spec(source_config) -> str:
     if source_config.input is None and source_config.dataset == "phishing":
         return "fixed:1h"
     return "fixed:5m"
+
+
+def last_event_time(source_config) -> float:
+    """The newest event time in a bounded source, where the trainer's timer chain may stop."""
+    newest = float("-inf")
+    for record in sources.read_source_records(sources.resolve_source_config(source_config)):
+        if record.event_time is not None and record.event_time > newest:
+            newest = record.event_time
+    return newest
 
 
 def prepare_output_dir(output_dir: str, resume: bool) -> None:
@@ -228,6 +239,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         ),
         serving_window_s=serving_window_s,
         store_root=store_root,
+        end_of_stream=last_event_time(source_config),
     )
     initial_version = publish_initial_model(training_config, store)
     if args.resume:
@@ -281,19 +293,24 @@ def run(argv: Optional[List[str]] = None) -> dict:
     result.wait_until_finish()
     engine = common.describe_engine(result, options)
     _LOGGER.info("Pipeline finished on %s.", engine)
-    common.log_counters(result)
+    counters = common.log_counters(result)
+    validation = {
+        name: counters[f"ValidateRecords.{name}"]
+        for name in ("records_read", "records_valid", "records_invalid")
+        if f"ValidateRecords.{name}" in counters
+    }
 
     if args.no_report or not common.is_local_path(output):
-        return {"engine": engine}
+        return dict(validation, engine=engine)
     command = "python -m pipelines.online_train " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
-    summary = report.build_report(output, model_name, model_spec.task, engine, command)
+    summary = report.build_report(output, model_name, model_spec.task, engine, command, validation)
     print(report.format_summary_table(summary))
     print(f"Report: {os.path.join(output, 'report.md')}")
     return summary
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         run()

@@ -155,8 +155,12 @@ def plot_freshness(freshness: List[dict], path: str) -> None:
     plt.close(figure)
 
 
-def build_report(output_dir: str, model_name: str, task: str, engine: str, command: str) -> dict:
-    """Write ``report.md`` and its plots; return the summary numbers."""
+def build_report(output_dir: str, model_name: str, task: str, engine: str, command: str,
+                 counters: Optional[dict] = None) -> dict:
+    """Write ``report.md`` and its plots; return the summary numbers.
+
+    ``counters`` (such as records read, valid and invalid) join the summary.
+    """
     predictions = read_parquet_dir(os.path.join(output_dir, "predictions"))
     metrics = read_parquet_dir(os.path.join(output_dir, "metrics"))
     versions = read_manifest(os.path.join(output_dir, "models"), model_name)
@@ -176,6 +180,7 @@ def build_report(output_dir: str, model_name: str, task: str, engine: str, comma
         "freshness_processing_time_lag_p50_s": _percentile([r["processing_time_lag_s"] for r in freshness], 50),
         "freshness_processing_time_lag_p95_s": _percentile([r["processing_time_lag_s"] for r in freshness], 95),
     })
+    summary.update(counters or {})
 
     plots_dir = os.path.join(output_dir, "plots")
     os.makedirs(plots_dir, exist_ok=True)

@@ -63,7 +63,8 @@ def _read_pickled(path) -> list:
 
 
 def run_train_and_serve(events: List[Event], pipeline_args: List[str], source: str = "create",
-                        model_selection: str = "as_of", chunk: int = 40) -> Dict:
+                        model_selection: str = "as_of", chunk: int = 40,
+                        advance_processing_time: float = 0.0) -> Dict:
     """Run training and versioned serving; return predictions and versions."""
     root = tempfile.mkdtemp(prefix="store-")
     results = tempfile.mkdtemp(prefix="results-")
@@ -81,6 +82,8 @@ def run_train_and_serve(events: List[Event], pipeline_args: List[str], source: s
             batch = events[start:start + chunk]
             stream = stream.add_elements([beam.window.TimestampedValue(e, e.event_time) for e in batch])
             stream = stream.advance_watermark_to(max(e.event_time for e in batch))
+            if advance_processing_time:
+                stream = stream.advance_processing_time(advance_processing_time)
         events_pc = pipeline | "Events" >> stream.advance_watermark_to_infinity()
     else:
         events_pc = (
