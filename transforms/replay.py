@@ -1,0 +1,539 @@
+"""Deterministic event-time replay of a source, with disorder and late data.
+
+:func:`replay_schedule` decides, from a seed, the order in which records
+arrive and the event-time watermark in force at each arrival. It is the only
+place that decides either, and every mode of :class:`ReadEvents` replays its
+result, so a record's ``arrival`` and ``watermark`` fields are the same on
+every runner.
+
+The schedule:
+
+1. Records keep file order, except a ``disorder_fraction`` of them, each
+   moved later by a delay drawn uniformly from [0, max_disorder) seconds. A
+   moved record with event time t arrives just before the first record, in
+   file order, whose running maximum event time exceeds t + delay.
+2. A ``late_fraction`` of the records is held back until the watermark has
+   passed its event time by at least ``late_delay`` seconds.
+3. Arrivals are counted in chunks of ``records_per_watermark_update``. After
+   each chunk the watermark becomes the maximum event time seen so far minus
+   ``max_out_of_orderness``. It never decreases, and it starts at Beam's
+   MIN_TIMESTAMP.
+
+Records without an event time (their timestamp failed to parse, or the row
+was malformed) are never moved or held back.
+"""
+
+import argparse
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any, Iterable, Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.records import SourceRecord
+from transforms.sources import SourceConfig, read_source_records, resolve_source_config
+from transforms.timestamps import MIN_WATERMARK_SECONDS, to_beam_timestamp
+
+_LOGGER = logging.getLogger(__name__)
+
+MODES = ("batch", "teststream", "sdf")
+
+_METRICS_NAMESPACE = "replay"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    """Replay settings. Durations are in seconds of event time.
+
+    ``late_fraction`` is a fraction of the records that can become late: those
+    whose event time is at least ``max_out_of_orderness + late_delay`` before
+    the largest event time of the input. Records near the end of the input
+    cannot fall behind the final watermark by ``late_delay``.
+    """
+
+    max_out_of_orderness: float = 0.0
+    disorder_fraction: float = 0.0
+    max_disorder: float = 0.0
+    late_fraction: float = 0.0
+    late_delay: float = 0.0
+    records_per_watermark_update: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_out_of_orderness", "max_disorder", "late_delay"):
+            _check_duration(name, getattr(self, name))
+        for name in ("disorder_fraction", "late_fraction"):
+            _check_fraction(name, getattr(self, name))
+
+        if self.disorder_fraction > 0 and self.max_disorder == 0:
+            raise ValueError(
+                f"--disorder_fraction {self.disorder_fraction} needs a positive "
+                "--max_disorder, for example --max_disorder=30."
+            )
+        if self.late_fraction > 0 and self.late_delay == 0:
+            raise ValueError(
+                f"--late_fraction {self.late_fraction} needs a positive --late_delay, "
+                "for example --late_delay=60."
+            )
+        per_update = self.records_per_watermark_update
+        if isinstance(per_update, bool) or not isinstance(per_update, int) or per_update < 1:
+            raise ValueError(
+                f"Invalid --records_per_watermark_update {per_update!r}: expected a "
+                "positive integer, for example --records_per_watermark_update=100."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(
+                f"Invalid --seed {self.seed!r}: expected a non-negative integer, "
+                "for example --seed=0."
+            )
+
+
+def _check_duration(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Invalid --{name} {value!r}: expected seconds, for example --{name}=5.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"Invalid --{name} {value!r}: expected a finite number of seconds >= 0, "
+            f"for example --{name}=5."
+        )
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(
+            f"Invalid --{name} {value!r}: expected a fraction between 0 and 1, "
+            f"for example --{name}=0.05."
+        )
+
+
+def add_replay_options(parser: argparse.ArgumentParser) -> None:
+    """Add the replay flags to an argparse parser or a PipelineOptions parser.
+
+    The replay seed is the source's ``--seed``, added by add_source_options.
+    """
+    group = parser.add_argument_group("replay")
+    group.add_argument(
+        "--max_out_of_orderness",
+        type=float,
+        default=0.0,
+        help="Seconds the watermark trails the largest event time seen.",
+    )
+    group.add_argument(
+        "--disorder_fraction",
+        type=float,
+        default=0.0,
+        help="Fraction of records delivered later than their position in the input.",
+    )
+    group.add_argument(
+        "--max_disorder",
+        type=float,
+        default=0.0,
+        help="Largest delay, in seconds of event time, of a disordered record.",
+    )
+    group.add_argument(
+        "--late_fraction",
+        type=float,
+        default=0.0,
+        help="Fraction of records delivered after the watermark has passed them.",
+    )
+    group.add_argument(
+        "--late_delay",
+        type=float,
+        default=0.0,
+        help="Seconds by which the watermark has passed a late record when it arrives.",
+    )
+    group.add_argument(
+        "--records_per_watermark_update",
+        type=int,
+        default=100,
+        help="Arrivals between two watermark updates.",
+    )
+
+
+def replay_config_from_args(args: Any) -> ReplayConfig:
+    """Build a ReplayConfig from parsed flags (an argparse Namespace or PipelineOptions)."""
+    return ReplayConfig(
+        max_out_of_orderness=getattr(args, "max_out_of_orderness", 0.0),
+        disorder_fraction=getattr(args, "disorder_fraction", 0.0),
+        max_disorder=getattr(args, "max_disorder", 0.0),
+        late_fraction=getattr(args, "late_fraction", 0.0),
+        late_delay=getattr(args, "late_delay", 0.0),
+        records_per_watermark_update=getattr(args, "records_per_watermark_update", 100),
+        seed=getattr(args, "seed", 0),
+    )
+
+
+def replay_schedule(records: Iterable[SourceRecord], config: ReplayConfig) -> list:
+    """Return the records in arrival order with ``arrival`` and ``watermark`` set.
+
+    The result depends only on the records (in file order) and the config.
+    A record chosen as late arrives with ``watermark - event_time >=
+    late_delay``.
+    """
+    records = list(records)
+    times = np.array(
+        [np.nan if record.event_time is None else record.event_time for record in records],
+        dtype=np.float64,
+    )
+    late = _choose_late(times, config)
+    base_order = _disordered_order(times, late, config)
+
+    # Stable sort by event time, so held-back records are released in the
+    # order the watermark passes them.
+    late_indices = np.flatnonzero(late)
+    late_order = late_indices[np.argsort(times[late_indices], kind="stable")]
+
+    schedule = _assign_watermarks(records, times, base_order, late_order, config)
+    _LOGGER.info(
+        "Replay schedule: %d records, %d held back as late, %d behind the watermark "
+        "on arrival.",
+        len(schedule),
+        len(late_order),
+        sum(1 for record in schedule if _is_behind_watermark(record)),
+    )
+    return schedule
+
+
+def _choose_late(times: np.ndarray, config: ReplayConfig) -> np.ndarray:
+    late = np.zeros(len(times), dtype=bool)
+    valid = ~np.isnan(times)
+    if config.late_fraction == 0 or not valid.any():
+        return late
+
+    final_watermark = np.nanmax(times) - config.max_out_of_orderness
+    with np.errstate(invalid="ignore"):
+        eligible = valid & (final_watermark - times >= config.late_delay)
+    candidates = np.flatnonzero(eligible)
+    count = round(config.late_fraction * len(candidates))
+    rng = np.random.default_rng([config.seed, 1])
+    late[rng.choice(candidates, size=count, replace=False)] = True
+    return late
+
+
+def _disordered_order(times: np.ndarray, late: np.ndarray, config: ReplayConfig) -> np.ndarray:
+    """Return the indices of the records that are not late, in arrival order."""
+    valid = ~np.isnan(times)
+    base = np.flatnonzero(~late)
+    slot = np.arange(len(times))
+    after_rows = np.ones(len(times))
+    target = np.zeros(len(times))
+
+    candidates = np.flatnonzero(valid & ~late)
+    count = round(config.disorder_fraction * len(candidates))
+    if count:
+        rng = np.random.default_rng([config.seed, 2])
+        moved = np.sort(rng.choice(candidates, size=count, replace=False))
+        delays = rng.uniform(0.0, config.max_disorder, size=count)
+        target[moved] = times[moved] + delays
+
+        # The running maximum is non-decreasing, so a binary search finds the
+        # first record in file order that is past the moved record's target.
+        running_max = np.fmax.accumulate(np.where(valid, times, -np.inf))
+        first_past = np.searchsorted(running_max, target[moved], side="right")
+        slot[moved] = np.maximum(moved + 1, first_past)
+        after_rows[moved] = 0
+
+    # np.lexsort sorts by its last key first: slot, then moved records before
+    # the record that owns the slot, then by target, then by file index.
+    order = np.lexsort((base, target[base], after_rows[base], slot[base]))
+    return base[order]
+
+
+def _assign_watermarks(records, times, base_order, late_order, config) -> list:
+    per_update = config.records_per_watermark_update
+    bound = config.max_out_of_orderness
+    schedule = []
+    watermark = MIN_WATERMARK_SECONDS
+    max_seen = -math.inf
+
+    def arrive(index: int) -> None:
+        nonlocal watermark, max_seen
+        schedule.append(records[index]._replace(arrival=len(schedule), watermark=watermark))
+        if times[index] > max_seen:
+            max_seen = float(times[index])
+        if len(schedule) % per_update == 0:
+            watermark = max(watermark, max_seen - bound)
+
+    next_late = 0
+    for index in base_order:
+        while (
+            next_late < len(late_order)
+            and watermark - times[late_order[next_late]] >= config.late_delay
+        ):
+            arrive(int(late_order[next_late]))
+            next_late += 1
+        arrive(int(index))
+
+    if next_late < len(late_order):
+        # The input ended before the watermark passed these records. Update it
+        # now, without waiting for a full chunk: at the final watermark every
+        # record chosen as late is far enough behind it.
+        watermark = max(watermark, max_seen - bound)
+        for index in late_order[next_late:]:
+            arrive(int(index))
+    return schedule
+
+
+def _is_behind_watermark(record: SourceRecord) -> bool:
+    return record.event_time is not None and record.event_time < record.watermark
+
+
+def record_timestamp(record: SourceRecord) -> Timestamp:
+    """Return the element timestamp of a replayed record.
+
+    A record without an event time gets its watermark, so it is never late.
+    Before the first watermark update that is Beam's MIN_TIMESTAMP.
+    """
+    seconds = record.watermark if record.event_time is None else record.event_time
+    return to_beam_timestamp(seconds)
+
+
+@functools.lru_cache(maxsize=2)
+def replay_records(source_config: SourceConfig, replay_config: ReplayConfig) -> tuple:
+    """Read a source and return its replay schedule, cached per process.
+
+    The cache lets the splittable DoFn size, split and resume its restriction
+    without reading the source again.
+    """
+    return tuple(replay_schedule(read_source_records(source_config), replay_config))
+
+
+def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
+    """Build a TestStream that replays a schedule.
+
+    Records with the same watermark are added as one batch. After each batch,
+    processing time moves forward by the growth of the largest event time
+    seen since the previous batch, so one second of event time is one second
+    of processing time. Then the watermark advances to the next record's
+    ``watermark``, and after the last batch to infinity.
+    """
+    stream = TestStream()
+    batch = []
+    current = to_beam_timestamp(MIN_WATERMARK_SECONDS)
+    clock = None
+    max_seen = -math.inf
+
+    def flush() -> None:
+        nonlocal clock
+        stream.add_elements(batch)
+        batch.clear()
+        if clock is not None and max_seen > clock:
+            stream.advance_processing_time(max_seen - clock)
+            clock = max_seen
+
+    for record in schedule:
+        watermark = to_beam_timestamp(record.watermark)
+        if watermark > current:
+            if batch:
+                flush()
+            stream.advance_watermark_to(watermark)
+            current = watermark
+
+        batch.append(TimestampedValue(record, record_timestamp(record)))
+        if record.event_time is not None:
+            max_seen = max(max_seen, record.event_time)
+            if clock is None:
+                clock = record.event_time
+
+    if batch:
+        flush()
+    return stream.advance_watermark_to_infinity()
+
+
+class _ReplayMetrics:
+    def __init__(self):
+        self.replayed = Metrics.counter(_METRICS_NAMESPACE, "records_replayed")
+        self.behind = Metrics.counter(_METRICS_NAMESPACE, "records_behind_watermark")
+        self.no_time = Metrics.counter(_METRICS_NAMESPACE, "records_without_event_time")
+
+    def count(self, record: SourceRecord) -> None:
+        self.replayed.inc()
+        if record.event_time is None:
+            self.no_time.inc()
+        elif record.event_time < record.watermark:
+            self.behind.inc()
+
+
+class _ReplayRecordsFn(beam.DoFn):
+    """Emit the whole schedule from one impulse, for bounded pipelines."""
+
+    def __init__(self, source_config: SourceConfig, replay_config: ReplayConfig):
+        self._source_config = source_config
+        self._replay_config = replay_config
+
+    def setup(self):
+        self._metrics = _ReplayMetrics()
+
+    def process(self, unused_impulse):
+        for record in replay_records(self._source_config, self._replay_config):
+            self._metrics.count(record)
+            yield TimestampedValue(record, record_timestamp(record))
+
+
+class _ReplayRestrictionProvider(RestrictionProvider):
+    """Offset ranges over arrival positions of the (source, replay) element."""
+
+    def initial_restriction(self, element):
+        return OffsetRange(0, len(replay_records(*element)))
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return restriction.size()
+
+    def split(self, element, restriction):
+        # One restriction keeps arrival order. Parallel parts would each
+        # deliver their records on their own schedule.
+        yield restriction
+
+
+class _ReplaySplittableFn(beam.DoFn):
+    """Emit the schedule from a splittable DoFn that reports its watermark.
+
+    The DoFn checkpoints before each scheduled watermark advance, so that a
+    streaming runner commits one batch of records and can move the output
+    watermark before the next batch.
+    """
+
+    # NOTE: tested on the FnApiRunner in batch only. How closely Prism, Flink
+    # and Dataflow follow the schedule in streaming has not been measured.
+
+    def setup(self):
+        self._metrics = _ReplayMetrics()
+
+    def process(
+        self,
+        element,
+        tracker=beam.DoFn.RestrictionParam(_ReplayRestrictionProvider()),
+        watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()
+        ),
+    ):
+        schedule = replay_records(*element)
+        position = tracker.current_restriction().start
+
+        while tracker.try_claim(position):
+            record = schedule[position]
+            _advance_watermark(watermark_estimator, record.watermark)
+            self._metrics.count(record)
+            yield TimestampedValue(record, record_timestamp(record))
+
+            position += 1
+            if position < len(schedule) and schedule[position].watermark > record.watermark:
+                tracker.defer_remainder()
+                return
+
+
+def _advance_watermark(estimator: ManualWatermarkEstimator, seconds: float) -> None:
+    watermark = to_beam_timestamp(seconds)
+    current = estimator.current_watermark()
+    if current is None or watermark > current:
+        estimator.set_watermark(watermark)
+
+
+class ReadEvents(beam.PTransform):
+    """Read a source and replay it in event time, as SourceRecord elements.
+
+    Each output element is timestamped with its event time (records without
+    one: their watermark) and carries ``arrival`` and ``watermark`` from
+    :func:`replay_schedule`.
+
+    Modes:
+
+    * ``"batch"``: one DoFn emits every record from an Impulse. Bounded, for
+      the FnApiRunner, PortableRunner with an embedded job server, Prism,
+      Flink and Dataflow in batch. The watermark schedule shows only in the
+      ``watermark`` fields.
+    * ``"teststream"``: a TestStream built at pipeline construction, for the
+      legacy DirectRunner in streaming mode. The runner's watermark follows
+      the schedule, so late records are dropped downstream.
+    * ``"sdf"``: a splittable DoFn over arrival positions whose watermark
+      estimator follows the schedule, for Prism, Flink and Dataflow in
+      streaming. It also runs in batch.
+    """
+
+    def __init__(
+        self,
+        source_config: SourceConfig,
+        replay_config: Optional[ReplayConfig] = None,
+        mode: str = "batch",
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(
+                f"Invalid replay mode {mode!r}: expected one of {', '.join(MODES)}, "
+                "for example mode='batch'."
+            )
+        self._source_config = source_config
+        self._replay_config = replay_config or ReplayConfig()
+        self._mode = mode
+
+    def expand(self, pbegin):
+        # Resolving reads file headers, so a bad column name fails here, at
+        # pipeline construction, instead of on a worker.
+        source_config = resolve_source_config(self._source_config)
+        replay_config = self._replay_config
+
+        if self._mode == "teststream":
+            schedule = replay_records(source_config, replay_config)
+            return pbegin | "ReplayTestStream" >> build_test_stream(schedule)
+
+        impulse = pbegin | "Impulse" >> beam.Impulse()
+        if self._mode == "batch":
+            return impulse | "ReplayRecords" >> beam.ParDo(
+                _ReplayRecordsFn(source_config, replay_config)
+            )
+        return (
+            impulse
+            | "AttachConfig" >> beam.Map(lambda _: (source_config, replay_config))
+            | "ReplaySplittable" >> beam.ParDo(_ReplaySplittableFn())
+        )
+
+
+_BATCH_ONLY_RUNNERS = ("portable", "fnapi")
+_DIRECT_RUNNERS = ("direct", "switchingdirect", "bundlebaseddirect")
+_STREAMING_RUNNERS = ("prism", "flink", "dataflow", "testdataflow")
+
+
+def choose_replay_mode(options: Any) -> str:
+    """Return the ReadEvents mode for the runner and ``--streaming`` in options.
+
+    ``options`` is a PipelineOptions or an argparse Namespace with ``runner``
+    and ``streaming``. No runner means the DirectRunner.
+    """
+    if hasattr(options, "view_as"):
+        standard = options.view_as(StandardOptions)
+        runner, streaming = standard.runner, standard.streaming
+    else:
+        runner, streaming = getattr(options, "runner", None), getattr(options, "streaming", False)
+
+    if runner is None:
+        runner = "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    key = name.rsplit(".", 1)[-1].lower()
+    if key.endswith("runner"):
+        key = key[: -len("runner")]
+
+    if key in _DIRECT_RUNNERS:
+        return "teststream" if streaming else "batch"
+    if key in _BATCH_ONLY_RUNNERS:
+        return "batch"
+    if key in _STREAMING_RUNNERS:
+        return "sdf" if streaming else "batch"
+    raise ValueError(
+        f"Unknown --runner {name!r} for the replay: expected one of DirectRunner, "
+        "BundleBasedDirectRunner, PortableRunner, FnApiRunner, PrismRunner, FlinkRunner "
+        "or DataflowRunner, for example --runner=DirectRunner."
+    )
