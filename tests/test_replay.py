@@ -268,10 +268,11 @@ def test_test_stream_events():
     assert kinds == [
         "ElementEvent", "ProcessingTimeEvent", "WatermarkEvent",
         "ElementEvent", "ProcessingTimeEvent", "WatermarkEvent",
-        "ElementEvent", "ProcessingTimeEvent", "WatermarkEvent",
+        "ElementEvent", "ProcessingTimeEvent", "WatermarkEvent", "WatermarkEvent",
     ]
+    # The last batch is followed by a stop at the newest event time.
     assert [event.new_watermark for event in events if isinstance(event, WatermarkEvent)] == [
-        Timestamp(NEW_YEAR + 1), Timestamp(NEW_YEAR + 3), MAX_TIMESTAMP,
+        Timestamp(NEW_YEAR + 1), Timestamp(NEW_YEAR + 3), Timestamp(NEW_YEAR + 5), MAX_TIMESTAMP,
     ]
     # Processing time follows the growth of the largest event time seen.
     assert [event.advance_by for event in events if isinstance(event, ProcessingTimeEvent)] == [1.0, 2.0, 2.0]

@@ -316,7 +316,8 @@ def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
     processing time moves forward by the growth of the largest event time
     seen since the previous batch, so one second of event time is one second
     of processing time. Then the watermark advances to the next record's
-    ``watermark``, and after the last batch to infinity.
+    ``watermark``, and after the last batch to the newest event time, then
+    to infinity.
     """
     stream = TestStream()
     batch = []
@@ -348,6 +349,13 @@ def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
 
     if batch:
         flush()
+
+    # The legacy DirectRunner treats every side-input window as ready once
+    # the watermark jumps to infinity, before the timers behind that jump have
+    # fired, so stop at the newest event time first: the trainer then
+    # publishes the last serving window's version while the watermark holds.
+    if max_seen > -math.inf and to_beam_timestamp(max_seen) > current:
+        stream.advance_watermark_to(to_beam_timestamp(max_seen))
     return stream.advance_watermark_to_infinity()
 
 
