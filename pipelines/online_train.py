@@ -34,13 +34,29 @@ from transforms import schema as schema_lib
 from transforms import sources
 from transforms import windowing
 from transforms.evaluation import PrequentialMetrics
-from transforms.inference import MODEL_SELECTIONS, DEVICES, SafetensorsModelHandler, VersionedInference
+from transforms.inference import (
+    DEVICES,
+    MODEL_SELECTIONS,
+    BackpressureConfig,
+    SafetensorsModelHandler,
+    VersionedInference,
+)
 from transforms.sinks import WriteRows
 from transforms.store_io import BeamFileSystem
 from transforms.training import TrainingConfig, TrainOnline, publish_initial_model
 from transforms.validate import ValidateRecords
 
 _LOGGER = logging.getLogger(__name__)
+
+# Pipeline counters copied into the run summary and report.
+REPORTED_COUNTERS = (
+    "ValidateRecords.records_read",
+    "ValidateRecords.records_valid",
+    "ValidateRecords.records_invalid",
+    "OnlineTrainer.updates_rejected",
+    "VersionedInference.oom_splits",
+    "VersionedInference.oom_dead_letters",
+)
 
 # Owned output subdirectories, replaced on a fresh run (not with --resume).
 OUTPUT_SUBDIRS = ("predictions", "metrics", "models", "dead_letter", "plots")
@@ -127,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Inference device; cuda falls back to cpu when CUDA is unavailable.")
     group.add_argument("--inference_batch_size", type=int, default=256, help="Maximum inference batch size.")
     group.add_argument("--max_cached_models", type=int, default=4, help="Loaded model versions kept per worker.")
+    group.add_argument("--target_latency_ms", type=float, default=200.0,
+                       help="Inference step latency above which the batch-size controller halves the batch.")
+    group.add_argument("--no_backpressure", action="store_true",
+                       help="Give the model whole BatchElements batches, without the batch-size controller.")
 
     group = parser.add_argument_group("validation and output")
     group.add_argument("--schema", default=None,
@@ -261,6 +281,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
         lateness=windowing_config.lateness_rule(),
     )
     events = validated.valid
+    if args.resume and initial_version.version > 0:
+        # Events before the resumed version's training watermark were served
+        # and trained on by the earlier run; replaying them would serve them
+        # with a model trained on their own labels.
+        resume_from = initial_version.training_watermark
+        events = events | "SkipTrainedEvents" >> beam.Filter(lambda event: event.event_time >= resume_from)
 
     trained = events | "TrainOnline" >> TrainOnline(
         training_config, windowing_config.window_into("WindowForTraining"), initial_version, filesystem
@@ -268,7 +294,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     handler = SafetensorsModelHandler(
         store_root, device=args.device, filesystem=filesystem, max_batch_size=args.inference_batch_size
     )
-    predictions = events | "VersionedInference" >> VersionedInference(
+    served = events | "VersionedInference" >> VersionedInference(
         handler,
         serving_window_s,
         initial_version,
@@ -276,7 +302,15 @@ def run(argv: Optional[List[str]] = None) -> dict:
         published_versions=trained.versions,
         model_selection=args.model_selection,
         max_cached_models=args.max_cached_models,
+        backpressure=BackpressureConfig(
+            enabled=not args.no_backpressure,
+            initial_batch_size=min(64, args.inference_batch_size),
+            max_batch_size=args.inference_batch_size,
+            target_latency_ms=args.target_latency_ms,
+        ),
+        device=args.device,
     )
+    predictions = served.predictions
 
     output = args.output_dir
     _ = predictions | "WritePredictions" >> WriteRows(
@@ -287,7 +321,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
         os.path.join(output, "metrics"), "parquet", metrics_schema(model_spec.task)
     )
     _ = metrics | "WriteMetricsJson" >> WriteRows(os.path.join(output, "metrics"), "jsonl")
-    _ = validated.dead_letter | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
+    dead_letters = (validated.dead_letter, served.dead_letter) | "CollectDeadLetters" >> beam.Flatten()
+    _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
 
     result = pipeline.run()
     result.wait_until_finish()
@@ -295,9 +330,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
     _LOGGER.info("Pipeline finished on %s.", engine)
     counters = common.log_counters(result)
     validation = {
-        name: counters[f"ValidateRecords.{name}"]
-        for name in ("records_read", "records_valid", "records_invalid")
-        if f"ValidateRecords.{name}" in counters
+        name.split(".", 1)[1]: counters[name]
+        for name in REPORTED_COUNTERS
+        if name in counters
     }
 
     if args.no_report or not common.is_local_path(output):

@@ -100,7 +100,7 @@ def run_train_and_serve(events: List[Event], pipeline_args: List[str], source: s
         serving_records=trained.serving, published_versions=trained.versions,
         model_selection=model_selection,
     )
-    predictions | "Collect" >> beam.ParDo(_AppendPickled(os.path.join(results, "predictions")))
+    predictions.predictions | "Collect" >> beam.ParDo(_AppendPickled(os.path.join(results, "predictions")))
     pipeline.run().wait_until_finish()
 
     return {

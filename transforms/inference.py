@@ -21,6 +21,7 @@ loads plugs in; :class:`SafetensorsModelHandler` is the PyTorch one.
 """
 
 import collections
+import dataclasses
 import logging
 import time
 from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
@@ -31,9 +32,11 @@ import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from ml.backpressure import BatchSizeController, cuda_memory_probe, rss_memory_probe
 from ml.models import CLASSIFICATION, ModelSpec, build_model
+from ml.oom import run_with_oom_split
 from ml.store import ModelStore, PublishedVersion
-from transforms.records import Event
+from transforms.records import DeadLetter, Event
 from transforms.store_io import BeamFileSystem
 from transforms.training import ServingRecord
 
@@ -42,6 +45,41 @@ _LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "VersionedInference"
 MODEL_SELECTIONS = ("as_of", "latest")
 DEVICES = ("auto", "cpu", "cuda")
+DEAD_LETTER_TAG = "dead_letter"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackpressureConfig:
+    """How the batch-size controller sizes the batches given to the model.
+
+    Beam's ``BatchElements`` caps batches at ``max_batch_size``; within that,
+    the controller grows the batch additively while steps stay under
+    ``target_latency_ms`` and memory under ``memory_high_fraction``, and
+    halves it on a slow step, high memory or an out-of-memory error. Memory
+    is the CUDA device's on GPU, else the process RSS against
+    ``rss_limit_bytes`` (no memory signal on CPU when it is None).
+    """
+
+    enabled: bool = True
+    initial_batch_size: int = 64
+    max_batch_size: int = 256
+    target_latency_ms: Optional[float] = 200.0
+    memory_high_fraction: float = 0.9
+    rss_limit_bytes: Optional[int] = None
+
+    def controller(self, device: str) -> BatchSizeController:
+        probe = None
+        if device.startswith("cuda"):
+            probe = cuda_memory_probe(device)
+        elif self.rss_limit_bytes:
+            probe = rss_memory_probe(self.rss_limit_bytes)
+        return BatchSizeController(
+            initial=min(self.initial_batch_size, self.max_batch_size),
+            max_size=self.max_batch_size,
+            target_latency_ms=self.target_latency_ms,
+            memory_high_fraction=self.memory_high_fraction,
+            memory_probe=probe,
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -201,24 +239,39 @@ class _ProgressReporter:
 
 
 class _VersionedInferenceDoFn(beam.DoFn):
-    """Predict each batch with the version its events select."""
+    """Predict each batch with the version its events select.
+
+    Batches are cut to the controller's batch size; a chunk that runs out
+    of device memory is split in half and retried down to single events,
+    and an event that fails alone goes to the ``dead_letter`` output, so no
+    event is lost.
+    """
 
     def __init__(self, model_handler: ModelHandler, initial_version: PublishedVersion,
-                 model_selection: str, with_baseline: bool, max_cached_models: int):
+                 model_selection: str, with_baseline: bool, max_cached_models: int,
+                 backpressure: BackpressureConfig, device: str = "cpu"):
         self._handler = model_handler
         self._initial = initial_version
         self._selection = model_selection
         self._with_baseline = with_baseline
         self._max_cached_models = max_cached_models
+        self._backpressure = backpressure
+        self._device = device
         self.events_served = Metrics.counter(METRICS_NAMESPACE, "events_served")
         self.model_loads = Metrics.counter(METRICS_NAMESPACE, "model_loads")
+        self.oom_splits = Metrics.counter(METRICS_NAMESPACE, "oom_splits")
+        self.oom_dead_letters = Metrics.counter(METRICS_NAMESPACE, "oom_dead_letters")
         self.batch_latency_ms = Metrics.distribution(METRICS_NAMESPACE, "inference_batch_latency_ms")
         self.batch_size = Metrics.distribution(METRICS_NAMESPACE, "inference_batch_size")
+        self.controller_batch_size = Metrics.distribution(METRICS_NAMESPACE, "controller_batch_size")
 
     def setup(self):
         # One extra slot so the frozen baseline never evicts a serving model.
         self._cache = _ModelCache(self._handler, self._max_cached_models + 1)
         self._progress = _ProgressReporter()
+        self._controller = None
+        if self._backpressure.enabled:
+            self._controller = self._backpressure.controller(resolve_device(self._device))
 
     def process(self, batch: Sequence[Event], versions=()):
         versions = list(versions)
@@ -233,28 +286,63 @@ class _VersionedInferenceDoFn(beam.DoFn):
             chosen[version.version] = version
 
         for number in sorted(by_version):
-            yield from self._predict(by_version[number], chosen[number])
+            events = by_version[number]
+            size = self._controller.batch_size if self._controller else len(events)
+            for start in range(0, len(events), size):
+                yield from self._predict(events[start:start + size], chosen[number])
+
+    def _run_split(self, events, model):
+        """Run the handler with split-and-retry; return (results, failures, latency)."""
+        def on_oom(failed_size, _error):
+            if self._controller is not None:
+                self._controller.record_oom(failed_size)
+
+        started = time.perf_counter()
+        outcome = run_with_oom_split(
+            lambda chunk: list(self._handler.run_inference(chunk, model)), events, on_oom=on_oom
+        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.oom_splits.inc(outcome.splits)
+        return outcome, latency_ms
 
     def _predict(self, events, version: PublishedVersion):
         loads_before = self._cache.loads
         model = self._cache.get(version.path)
-        started = time.perf_counter()
-        results = list(self._handler.run_inference(events, model))
-        latency_ms = (time.perf_counter() - started) * 1000
+        outcome, latency_ms = self._run_split(events, model)
+        if self._controller is not None and outcome.oom_errors == 0:
+            self._controller.record_step(len(events), latency_ms)
+            self.controller_batch_size.update(self._controller.batch_size)
 
-        baseline = [None] * len(events)
+        baseline = {}
         if self._with_baseline:
             frozen = self._cache.get(self._initial.path)
-            baseline = [result.inference for result in self._handler.run_inference(events, frozen)]
+            baseline_outcome, _ = self._run_split(events, frozen)
+            baseline = {result.example.id: result.inference for result in baseline_outcome.predictions}
         self.model_loads.inc(self._cache.loads - loads_before)
 
-        self.events_served.inc(len(events))
+        for failure in outcome.failures:
+            self.oom_dead_letters.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, beam.window.TimestampedValue(
+                DeadLetter(
+                    record=failure.element._asdict(),
+                    reason_code="inference_out_of_memory",
+                    reason=f"Model version {version.version} ran out of memory on this event alone: "
+                           f"{failure.reason}",
+                    stage="inference",
+                ),
+                failure.element.event_time,
+            ))
+
+        served = outcome.predictions
+        if not served:
+            return
+        self.events_served.inc(len(served))
         self.batch_latency_ms.update(int(latency_ms))
         self.batch_size.update(len(events))
-        self._progress.update(len(events), max(event.event_time for event in events), version.version)
+        self._progress.update(len(served), max(event.event_time for event in events), version.version)
 
         processing_time = time.time()
-        for result, baseline_output in zip(results, baseline):
+        for result in served:
             event = result.example
             yield beam.window.TimestampedValue(
                 Prediction(
@@ -265,7 +353,7 @@ class _VersionedInferenceDoFn(beam.DoFn):
                     predicted_class=_predicted_class(result.inference),
                     model_version=version.version,
                     training_watermark=version.training_watermark,
-                    baseline_prediction=baseline_output,
+                    baseline_prediction=baseline.get(event.id),
                     inference_latency_ms=latency_ms,
                     processing_time=processing_time,
                 ),
@@ -282,8 +370,10 @@ def _predicted_class(output) -> Optional[int]:
 class VersionedInference(beam.PTransform):
     """Serve events with hot-swapped model versions.
 
-    Takes events (in any windowing) and returns :class:`Prediction`s in
-    fixed event-time windows of ``serving_window_s`` seconds.
+    Takes events (in any windowing) and returns a tagged result:
+    ``predictions`` holds :class:`Prediction`s in fixed event-time windows of
+    ``serving_window_s`` seconds, and ``dead_letter`` the events that ran out
+    of device memory even alone.
 
     Args:
       model_handler: a ``ModelHandler`` over :class:`Event` batches.
@@ -295,7 +385,8 @@ class VersionedInference(beam.PTransform):
 
     def __init__(self, model_handler: ModelHandler, serving_window_s: float, initial_version: PublishedVersion,
                  serving_records=None, published_versions=None, model_selection: str = "as_of",
-                 with_baseline: bool = True, max_cached_models: int = 4):
+                 with_baseline: bool = True, max_cached_models: int = 4,
+                 backpressure: BackpressureConfig = BackpressureConfig(), device: str = "cpu"):
         super().__init__()
         if model_selection not in MODEL_SELECTIONS:
             raise ValueError(
@@ -312,6 +403,8 @@ class VersionedInference(beam.PTransform):
         self.model_selection = model_selection
         self.with_baseline = with_baseline
         self.max_cached_models = max_cached_models
+        self.backpressure = backpressure
+        self.device = device
 
     def expand(self, events):
         windowed = events | "WindowForServing" >> beam.WindowInto(
@@ -320,9 +413,11 @@ class VersionedInference(beam.PTransform):
         batches = windowed | "BatchEvents" >> beam.BatchElements(**self.model_handler.batch_elements_kwargs())
         do_fn = _VersionedInferenceDoFn(
             self.model_handler, self.initial_version, self.model_selection,
-            self.with_baseline, self.max_cached_models,
+            self.with_baseline, self.max_cached_models, self.backpressure, self.device,
         )
-        return batches | "Predict" >> beam.ParDo(do_fn, versions=self._versions_side_input())
+        return batches | "Predict" >> beam.ParDo(
+            do_fn, versions=self._versions_side_input()
+        ).with_outputs(DEAD_LETTER_TAG, main="predictions")
 
     def _versions_side_input(self):
         if self.model_selection == "as_of":
