@@ -321,7 +321,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
         os.path.join(output, "metrics"), "parquet", metrics_schema(model_spec.task)
     )
     _ = metrics | "WriteMetricsJson" >> WriteRows(os.path.join(output, "metrics"), "jsonl")
-    dead_letters = (validated.dead_letter, served.dead_letter) | "CollectDeadLetters" >> beam.Flatten()
+    inference_dead_letters = served.dead_letter | "DeadLettersToGlobalWindow" >> beam.WindowInto(
+        beam.window.GlobalWindows()
+    )
+    dead_letters = (validated.dead_letter, inference_dead_letters) | "CollectDeadLetters" >> beam.Flatten()
     _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
 
     result = pipeline.run()

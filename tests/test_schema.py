@@ -309,3 +309,14 @@ def test_parse_int_rejects(value):
 def test_parse_float_keeps_non_finite():
     assert math.isnan(schema_lib.parse_float("nan"))
     assert schema_lib.parse_float("-inf") == -math.inf
+
+
+def test_float_domain_keeps_observed_extremes():
+    # 9.99928989225699 rounds down to a smaller float32; the stored bound
+    # must still admit the value it was inferred from.
+    values = [0.000378132885089144, 9.99928989225699, 5.0]
+    rows = [{"t": i, "x": value, "y": i % 2} for i, value in enumerate(values)]
+    schema = schema_lib.infer_schema(rows, label_column="y", timestamp_column="t", id_column=None)
+    domain = next(f for f in schema.feature if f.name == "x").float_domain
+    assert domain.min <= min(values)
+    assert domain.max >= max(values)

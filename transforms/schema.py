@@ -22,6 +22,7 @@ import os
 import re
 from typing import Any, Iterable, Optional, Sequence, Union
 
+import numpy as np
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
@@ -55,11 +56,19 @@ def is_missing(value: Any) -> bool:
 def parse_float(value: Any) -> float:
     """Convert a number or numeric string to float, or raise ValueError.
 
-    NaN and infinity pass through, because the caller checks the domain.
+    NaN and infinity pass through, because the caller checks the domain. An
+    integer beyond the float range, which JSON can hold, raises ValueError.
     """
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is a boolean, not a number")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"integer of {value.bit_length()} bits is outside the float range"
+            ) from None
+    if isinstance(value, float):
         return float(value)
     if isinstance(value, str):
         return float(value.strip())
@@ -291,6 +300,22 @@ def _set_presence(
         feature.presence.min_fraction = 1.0
 
 
+def _float32_at_most(value: float) -> float:
+    """The largest float32 at or below ``value``.
+
+    FloatDomain bounds are float32, so an observed float64 extreme stored
+    as is can round inward and reject the very value it came from.
+    """
+    rounded = float(np.float32(value))
+    return rounded if rounded <= value else float(np.nextafter(np.float32(value), np.float32(-np.inf)))
+
+
+def _float32_at_least(value: float) -> float:
+    """The smallest float32 at or above ``value``."""
+    rounded = float(np.float32(value))
+    return rounded if rounded >= value else float(np.nextafter(np.float32(value), np.float32(np.inf)))
+
+
 def _set_feature_domain(
         feature: schema_pb2.Feature, column: str, stats: _ColumnStats,
         kind: str, max_string_values: int) -> None:
@@ -305,8 +330,8 @@ def _set_feature_domain(
 
     if kind == FLOAT:
         if stats.minimum <= stats.maximum:
-            feature.float_domain.min = stats.minimum
-            feature.float_domain.max = stats.maximum
+            feature.float_domain.min = _float32_at_most(stats.minimum)
+            feature.float_domain.max = _float32_at_least(stats.maximum)
         feature.float_domain.disallow_nan = not stats.saw_nan
         feature.float_domain.disallow_inf = not stats.saw_inf
         return
@@ -583,7 +608,10 @@ class FeatureSpec:
         if self.kind == FLOAT:
             return parse_float(value)
         if self.kind == INT:
-            return parse_int(value)
+            parsed = parse_int(value)
+            # encode() feeds the value to the model as a float.
+            parse_float(parsed)
+            return parsed
         if self.kind == BOOL:
             return parse_bool(value)
         return category_string(value)
