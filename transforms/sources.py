@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import posixpath
+import re
 from typing import Any, Iterator, NamedTuple, Optional
 
 import pyarrow as pa
@@ -55,6 +56,12 @@ MALFORMED_JSON = "unparseable JSON line"
 MALFORMED_JSON_TYPE = "JSON line is not an object"
 MALFORMED_CSV_COLUMNS = "wrong number of CSV columns"
 MALFORMED_CSV = "unparseable CSV line"
+MALFORMED_SURROGATE = "JSON line has an unpaired surrogate escape"
+
+# A \uD800-\uDFFF escape, or the same code point encoded as bytes, which
+# json.loads decodes with "surrogatepass". An unpaired one becomes a string
+# that cannot be encoded as UTF-8, so every later writer would fail on it.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 # Rows per timestamp-parsing chunk. The unit of an "auto" timestamp column is
 # decided by the first chunk that has a value, then kept for the whole input.
@@ -485,9 +492,21 @@ def _parse_jsonl_batch(path: str, batch: list, timestamp_column: str) -> _Chunk:
             reason = f"{MALFORMED_JSON_TYPE} ({path}:{number}): got {type(fields).__name__}"
             malformed.append(_Malformed(index, _decode(line), reason))
             continue
+        if _SURROGATE_ESCAPE.search(line) and not _is_valid_unicode(fields):
+            reason = f"{MALFORMED_SURROGATE} ({path}:{number})"
+            malformed.append(_Malformed(index, _decode(line), reason))
+            continue
         rows.append(fields)
         timestamps.append(fields.get(timestamp_column))
     return _Chunk(rows, timestamps, malformed)
+
+
+def _is_valid_unicode(fields: dict) -> bool:
+    try:
+        json.dumps(fields, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parquet_chunks(path: str, config: SourceConfig) -> Iterator[_Chunk]:

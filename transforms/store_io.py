@@ -39,7 +39,9 @@ class BeamFileSystem:
 
     def list_dir(self, path: str) -> List[str]:
         try:
-            matches = FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list
+            # Local FileSystems match "*" against files only, so "**" is needed
+            # to see the version directories.
+            matches = FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list
         except BeamIOError:
             return []
         names = set()

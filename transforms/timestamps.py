@@ -216,7 +216,9 @@ def _parse_numeric(array: pa.Array, unit: str) -> ParsedTimestamps:
     if unit == "iso":
         return _reject_all(array, unit, "expected an ISO-8601 string, got a number")
 
-    numbers = array.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    # An unsafe cast: integers past 2**53 round instead of failing the whole
+    # chunk, and the range check in _finish rejects the absurd ones.
+    numbers = array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     missing = array.is_null().to_numpy(zero_copy_only=False)
     return _scale_numbers(array, numbers, missing, unit)
 

@@ -205,7 +205,16 @@ class RecordValidator:
         return None
 
     def _check_size(self, row: dict) -> Optional[DeadLetter]:
-        size = len(dead_letter_io.dumps(row).encode("utf-8"))
+        bound = _json_size_bound(row)
+        if bound is not None and bound <= self._max_record_bytes:
+            return None
+        try:
+            size = len(dead_letter_io.dumps(row).encode("utf-8"))
+        except UnicodeEncodeError as error:
+            # An unpaired surrogate: no UTF-8 writer downstream could store it.
+            return _dead_letter(
+                row, UNPARSEABLE_RECORD,
+                f"Record has a string that is not valid Unicode text: {error}.")
         if size <= self._max_record_bytes:
             return None
         return _dead_letter(
@@ -247,6 +256,13 @@ class RecordValidator:
 
     def _check_lateness(self, record: SourceRecord) -> Optional[DeadLetter]:
         if self._window_fn is None:
+            return None
+        # Built-in windows end after the timestamps they contain, so a record
+        # whose event time plus the allowed lateness is ahead of the
+        # watermark cannot be droppable. The margin of 1 ms absorbs rounding
+        # to Beam's microseconds.
+        if (isinstance(self._window_fn, _WINDOWS_THAT_CONTAIN_THEIR_ELEMENTS)
+                and record.watermark < record.event_time + self._allowed_lateness - 1e-3):
             return None
         if not windowing.is_droppable(
                 self._window_fn, self._allowed_lateness, record.event_time,
@@ -321,6 +337,53 @@ class RecordValidator:
         if label.task == schema_lib.REGRESSION:
             return _parse_regression_target(row, label.name, value)
         return _parse_class_index(row, label, value)
+
+
+_WINDOWS_THAT_CONTAIN_THEIR_ELEMENTS = (
+    beam.window.FixedWindows,
+    beam.window.SlidingWindows,
+    beam.window.Sessions,
+    beam.window.GlobalWindows,
+)
+
+# Longest JSON text of a finite float (repr, e.g. -2.2250738585072014e-308)
+# and of an int below 2**53 in magnitude.
+_MAX_FLOAT_JSON_CHARS = 24
+_MAX_SAFE_INT = 2**53
+_MAX_SAFE_INT_JSON_CHARS = 17
+
+
+def _json_size_bound(row: dict) -> Optional[int]:
+    """Return an upper bound on the row's size in bytes as compact JSON, or None.
+
+    Only flat rows of ASCII strings, finite floats, ints below 2**53, bools
+    and None get a bound; others return None and must be serialised. An
+    ASCII character takes at most 6 bytes in JSON (a control character
+    becomes \\u00XX), so the bound costs one pass over the row instead of
+    ``json.dumps``.
+    """
+    size = 2
+    for key, value in row.items():
+        if type(key) is not str or not key.isascii():
+            return None
+        # The quoted key, the colon and the separating comma.
+        size += 6 * len(key) + 4
+        value_type = type(value)
+        if value is None or value_type is bool:
+            size += 5
+        elif value_type is float:
+            if not math.isfinite(value):
+                return None
+            size += _MAX_FLOAT_JSON_CHARS
+        elif value_type is int:
+            if abs(value) >= _MAX_SAFE_INT:
+                return None
+            size += _MAX_SAFE_INT_JSON_CHARS
+        elif value_type is str and value.isascii():
+            size += 6 * len(value) + 2
+        else:
+            return None
+    return size
 
 
 def _bound(value: Optional[float], default: float) -> float:
