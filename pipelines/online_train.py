@@ -25,7 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from ml.models import CLASSIFICATION, ModelSpec
 from ml.store import ModelStore
-from ml.trainer import OPTIMIZERS, TrainerConfig
+from ml.drift import DETECTORS
+from ml.trainer import OPTIMIZERS, REACTIONS, TrainerConfig
 from pipelines import common
 from pipelines import report
 from transforms import dead_letter
@@ -54,12 +55,13 @@ REPORTED_COUNTERS = (
     "ValidateRecords.records_valid",
     "ValidateRecords.records_invalid",
     "OnlineTrainer.updates_rejected",
+    "OnlineTrainer.drifts_detected",
     "VersionedInference.oom_splits",
     "VersionedInference.oom_dead_letters",
 )
 
 # Owned output subdirectories, replaced on a fresh run (not with --resume).
-OUTPUT_SUBDIRS = ("predictions", "metrics", "models", "dead_letter", "plots")
+OUTPUT_SUBDIRS = ("predictions", "metrics", "models", "dead_letter", "drift", "plots")
 
 PREDICTION_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -135,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Event-time length of a serving window (e.g. 1h); defaults to the "
                             "training window's size (or period, for sliding windows).")
 
+    group = parser.add_argument_group("drift and forgetting")
+    group.add_argument("--drift_detector", default=None, choices=DETECTORS,
+                       help="River drift detector fed with each pane's prequential errors; off when absent.")
+    group.add_argument("--drift_params", default="{}",
+                       help="JSON object of keyword arguments for the drift detector, e.g. '{\"delta\": 0.01}'.")
+    group.add_argument("--drift_reaction", default="none", choices=REACTIONS,
+                       help="What the trainer does when the detector fires.")
+    group.add_argument("--lr_boost_factor", type=float, default=10.0,
+                       help="Learning-rate multiplier of the boost_lr reaction.")
+    group.add_argument("--lr_boost_panes", type=int, default=5, help="Panes the boost_lr reaction lasts.")
+    group.add_argument("--replay_size", type=int, default=0,
+                       help="Examples kept in the reservoir replay buffer (0 turns replay off).")
+    group.add_argument("--replay_ratio", type=float, default=0.5,
+                       help="Replayed examples mixed into each training step, as a fraction of the pane.")
+    group.add_argument("--ewc_lambda", type=float, default=0.0,
+                       help="Strength of Elastic Weight Consolidation (0 turns it off).")
+    group.add_argument("--ewc_every_panes", type=int, default=0,
+                       help="Consolidate EWC anchors every this many panes (0: only after a detected drift).")
+    group.add_argument("--ewc_decay", type=float, default=0.9, help="Decay of older EWC Fisher estimates.")
+    group.add_argument("--ewc_examples", type=int, default=256, help="Examples used to estimate the Fisher diagonal.")
+
     group = parser.add_argument_group("serving")
     group.add_argument("--model_selection", default="as_of", choices=MODEL_SELECTIONS,
                        help="as_of: newest version trained on labels at or before the event's time "
@@ -202,13 +225,20 @@ def load_or_infer_schema(args, source_config):
     )
 
 
+def parse_json_object(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{flag} {text!r} is not valid JSON: {error}; pass an object such as '{{}}'.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} {text!r} is not a JSON object; pass an object such as '{{}}'.")
+    return value
+
+
 def build_model_spec(args, schema) -> ModelSpec:
     task = schema_lib.task(schema)
     num_outputs = len(schema_lib.label_classes(schema)) if task == CLASSIFICATION else 1
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--model_kwargs {args.model_kwargs!r} is not a JSON object: {error}.") from None
+    model_kwargs = parse_json_object("--model_kwargs", args.model_kwargs)
     try:
         hidden = tuple(int(width) for width in args.hidden.split(",") if width.strip())
     except ValueError:
@@ -256,6 +286,17 @@ def run(argv: Optional[List[str]] = None) -> dict:
             batch_size=args.train_batch_size,
             max_loss=args.max_loss,
             seed=source_config.seed,
+            drift_detector=args.drift_detector,
+            drift_params=parse_json_object("--drift_params", args.drift_params),
+            drift_reaction=args.drift_reaction,
+            lr_boost_factor=args.lr_boost_factor,
+            lr_boost_panes=args.lr_boost_panes,
+            replay_size=args.replay_size,
+            replay_ratio=args.replay_ratio,
+            ewc_lambda=args.ewc_lambda,
+            ewc_every_panes=args.ewc_every_panes,
+            ewc_decay=args.ewc_decay,
+            ewc_examples=args.ewc_examples,
         ),
         serving_window_s=serving_window_s,
         store_root=store_root,
@@ -323,6 +364,11 @@ def run(argv: Optional[List[str]] = None) -> dict:
     _ = metrics | "WriteMetricsJson" >> WriteRows(os.path.join(output, "metrics"), "jsonl")
     inference_dead_letters = served.dead_letter | "DeadLettersToGlobalWindow" >> beam.WindowInto(
         beam.window.GlobalWindows()
+    )
+    _ = (
+        trained.drift
+        | "WindowDriftEvents" >> beam.WindowInto(beam.window.FixedWindows(serving_window_s))
+        | "WriteDriftEvents" >> WriteRows(os.path.join(output, "drift"), "jsonl", prefix="drift")
     )
     dead_letters = (validated.dead_letter, inference_dead_letters) | "CollectDeadLetters" >> beam.Flatten()
     _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)

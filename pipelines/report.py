@@ -34,6 +34,14 @@ def read_manifest(models_dir: str, model_name: str) -> List[dict]:
         return json.load(file)["versions"]
 
 
+def read_drift_events(directory: str) -> List[dict]:
+    events = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.jsonl"))):
+        with open(path) as file:
+            events += [json.loads(line) for line in file if line.strip()]
+    return sorted(events, key=lambda event: event["event_time"])
+
+
 def count_dead_letters(directory: str) -> Dict[str, int]:
     counts: Dict[str, int] = {}
     for path in glob.glob(os.path.join(directory, "*")):
@@ -109,7 +117,8 @@ def _percentile(values: List[float], q: float) -> Optional[float]:
     return float(np.percentile(values, q)) if values else None
 
 
-def plot_metrics(metrics: pa.Table, versions: List[dict], task: str, path: str) -> None:
+def plot_metrics(metrics: pa.Table, versions: List[dict], task: str, path: str,
+                 drift_events: Optional[List[dict]] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,6 +135,9 @@ def plot_metrics(metrics: pa.Table, versions: List[dict], task: str, path: str) 
     for version in versions[1:]:
         watermark = version["training_watermark"]
         axis.axvline((watermark - starts[0]) / 3600, color="grey", alpha=0.15, linewidth=0.8)
+    for index, event in enumerate(drift_events or []):
+        axis.axvline((event["event_time"] - starts[0]) / 3600, color="red", linestyle="--", linewidth=1,
+                     label="detected drift" if index == 0 else None)
     axis.set_xlabel("event time since the first window (hours); grey lines: new model versions")
     axis.set_ylabel(key.upper() if key == "mae" else key)
     axis.set_title(f"Prequential {key} per event-time window")
@@ -165,6 +177,7 @@ def build_report(output_dir: str, model_name: str, task: str, engine: str, comma
     metrics = read_parquet_dir(os.path.join(output_dir, "metrics"))
     versions = read_manifest(os.path.join(output_dir, "models"), model_name)
     dead_letters = count_dead_letters(os.path.join(output_dir, "dead_letter"))
+    drift_events = read_drift_events(os.path.join(output_dir, "drift"))
     if predictions is None:
         raise RuntimeError(f"no predictions were written under {output_dir}/predictions; nothing to report.")
 
@@ -175,6 +188,7 @@ def build_report(output_dir: str, model_name: str, task: str, engine: str, comma
         "events_served": predictions.num_rows,
         "versions_published": max((v["version"] for v in versions), default=0),
         "dead_letters": sum(dead_letters.values()),
+        "drift_events": len(drift_events),
         "freshness_event_time_lag_p50_s": _percentile([r["event_time_lag_s"] for r in freshness], 50),
         "freshness_event_time_lag_p95_s": _percentile([r["event_time_lag_s"] for r in freshness], 95),
         "freshness_processing_time_lag_p50_s": _percentile([r["processing_time_lag_s"] for r in freshness], 50),
@@ -185,7 +199,8 @@ def build_report(output_dir: str, model_name: str, task: str, engine: str, comma
     plots_dir = os.path.join(output_dir, "plots")
     os.makedirs(plots_dir, exist_ok=True)
     if metrics is not None and metrics.num_rows:
-        plot_metrics(metrics, versions, task, os.path.join(plots_dir, "metrics_over_event_time.png"))
+        plot_metrics(metrics, versions, task, os.path.join(plots_dir, "metrics_over_event_time.png"),
+                     drift_events)
     plot_freshness(freshness, os.path.join(plots_dir, "freshness.png"))
 
     with open(os.path.join(output_dir, "freshness.json"), "w") as file:
@@ -193,7 +208,7 @@ def build_report(output_dir: str, model_name: str, task: str, engine: str, comma
     with open(os.path.join(output_dir, "summary.json"), "w") as file:
         json.dump(summary, file, indent=1, sort_keys=True)
     with open(os.path.join(output_dir, "report.md"), "w") as file:
-        file.write(render_markdown(summary, dead_letters, freshness, model_name, command))
+        file.write(render_markdown(summary, dead_letters, freshness, model_name, command, drift_events))
     return summary
 
 
@@ -208,7 +223,7 @@ def format_summary_table(summary: dict) -> str:
 
 
 def render_markdown(summary: dict, dead_letters: Dict[str, int], freshness: List[dict],
-                    model_name: str, command: str) -> str:
+                    model_name: str, command: str, drift_events: Optional[List[dict]] = None) -> str:
     lines = [
         f"# Online training report: {model_name}",
         "",
@@ -242,6 +257,16 @@ def render_markdown(summary: dict, dead_letters: Dict[str, int], freshness: List
             f"| {row['version']} | {row['training_watermark']} | {row['events_served']} | "
             f"{_fmt(row['event_time_lag_s'])} | {_fmt(row['processing_time_lag_s'])} |"
         )
+    lines += ["", "## Detected drift", ""]
+    if drift_events:
+        lines += ["| event time | detector | model version | error rate |", "|---|---|---|---|"]
+        lines += [
+            f"| {event['event_time']} | {event['detector']} | {event['model_version']} | "
+            f"{_fmt(event.get('error_rate'))} |"
+            for event in drift_events
+        ]
+    else:
+        lines.append("No drift was detected (or no detector was set with --drift_detector).")
     lines += ["", "## Dead letters", ""]
     if dead_letters:
         lines += ["| reason | records |", "|---|---|"]

@@ -145,3 +145,16 @@ def test_prism_matches_direct_runner(batch_output, prism_location, tmp_path, str
     assert _versions_by_id(str(tmp_path)) == _versions_by_id(batch_output[0])
     for key in ("online_accuracy", "online_log_loss"):
         assert summary[key] == pytest.approx(batch_output[1][key], rel=1e-6), key
+
+
+def test_drift_detection_writes_events(tmp_path):
+    summary = _run(str(tmp_path), "--runner=DirectRunner", "--dataset=agrawal", "--max_events=5000",
+                   "--window=fixed:5m", "--drift_detector=adwin", "--drift_reaction=boost_lr")
+
+    drift_dir = tmp_path / "drift"
+    lines = [line for path in drift_dir.glob("*.jsonl") for line in path.read_text().splitlines() if line]
+    assert summary["drift_events"] == len(lines)
+    assert len(lines) >= 1
+    first = json.loads(lines[0])
+    assert first["detector"] == "adwin"
+    assert "Detected drift" in (tmp_path / "report.md").read_text()

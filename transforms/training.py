@@ -49,6 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "OnlineTrainer"
 VERSIONS_TAG = "versions"
+DRIFT_TAG = "drift"
 
 
 class Pane(NamedTuple):
@@ -243,6 +244,11 @@ class OnlineTrainer(beam.DoFn):
                     VERSIONS_TAG, beam.window.TimestampedValue(version, window_start)
                 )
 
+        # Drift events take the timer's time, not their own event time,
+        # because the timer holds the output watermark at window_start.
+        for drift_event in self.drain_drift_events():
+            yield beam.pvalue.TaggedOutput(DRIFT_TAG, beam.window.TimestampedValue(drift_event, window_start))
+
         if ready:
             panes.clear()
             for pane in waiting:
@@ -266,11 +272,13 @@ class OnlineTrainer(beam.DoFn):
         trainer = self._trainer_for(version)
         features = np.asarray([event.features for event in labelled], dtype=np.float32)
         labels = np.asarray([event.label for event in labelled])
+        event_times = [event.event_time for event in labelled]
 
         started = time.perf_counter()
-        result = trainer.learn_many(features, labels)
+        result = trainer.learn_many(features, labels, event_times, model_version=version.version)
         self.train_latency_ms.update(int((time.perf_counter() - started) * 1000))
         self.panes_trained.inc()
+        self._stash_drift_events(key, result.drift_events)
 
         if not result.accepted:
             self.updates_rejected.inc()
@@ -286,6 +294,26 @@ class OnlineTrainer(beam.DoFn):
         self._cached = (published.version, trainer)
         self.versions_published.inc()
         return published
+
+    def _stash_drift_events(self, key, drift_events) -> None:
+        """Keep drift events for :meth:`drain_drift_events` and count them."""
+        if not drift_events:
+            return
+        stash = self.__dict__.setdefault("_drift_events", [])
+        for drift_event in drift_events:
+            stash.append(dict(drift_event.to_dict(), model_name=key))
+        Metrics.counter(METRICS_NAMESPACE, "drifts_detected").inc(len(drift_events))
+        reaction = self.config.trainer.drift_reaction
+        Metrics.counter(METRICS_NAMESPACE, f"drift_reactions_{reaction}").inc(len(drift_events))
+
+    def drain_drift_events(self) -> List[dict]:
+        """Return and forget the drift events of the panes trained since the last call.
+
+        Each is a :class:`ml.drift.DriftEvent` as a dict plus ``model_name``.
+        """
+        drained = self.__dict__.get("_drift_events", [])
+        self._drift_events = []
+        return drained
 
     def _publish(self, key, previous: PublishedVersion, trainer, pane: Pane, result) -> PublishedVersion:
         metadata = {
@@ -306,7 +334,7 @@ class OnlineTrainer(beam.DoFn):
             training_watermark=pane.window_end,
             metadata=metadata,
             optimizer_state=trainer.optimizer.state_dict(),
-            extra_tensors={"generator_state": trainer.generator.get_state()},
+            extra_tensors={"generator_state": trainer.generator.get_state(), **trainer.extra_state()},
         )
 
     def _trainer_for(self, version: PublishedVersion) -> IncrementalTrainer:
@@ -327,6 +355,7 @@ class OnlineTrainer(beam.DoFn):
         trainer.optimizer.load_state_dict(optimizer_state)
         if "generator_state" in extra:
             trainer.generator.set_state(extra["generator_state"])
+        trainer.load_extra_state(extra)
         self._cached = (version.version, trainer)
         return trainer
 
@@ -334,8 +363,9 @@ class OnlineTrainer(beam.DoFn):
 class TrainOnline(beam.PTransform):
     """Window events for training, group them into panes and train.
 
-    Returns a tagged result: the main output holds :class:`ServingRecord`s
-    and ``versions`` holds every published :class:`PublishedVersion`.
+    Returns a tagged result: the main output holds :class:`ServingRecord`s,
+    ``versions`` holds every published :class:`PublishedVersion` and
+    ``drift`` the drift events (dicts) the trainer's detector raised.
     """
 
     def __init__(self, config: TrainingConfig, window_into: beam.WindowInto, initial_version, filesystem=None):
@@ -356,5 +386,5 @@ class TrainOnline(beam.PTransform):
             | "ToGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
             | "Train" >> beam.ParDo(
                 OnlineTrainer(self.config, self.initial_version, self.filesystem)
-            ).with_outputs(VERSIONS_TAG, main="serving")
+            ).with_outputs(VERSIONS_TAG, DRIFT_TAG, main="serving")
         )
