@@ -4,15 +4,18 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ml.backpressure import BatchSizeController, cuda_memory_probe
 from ml.drift import DETECTORS, DriftEvent, DriftMonitor, prequential_errors
 from ml.ewc import ElasticWeightConsolidation
 from ml.models import CLASSIFICATION, StreamingModel
+from ml.oom import is_cuda_oom, release_device_memory
 from ml.replay_buffer import ReservoirReplayBuffer
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class TrainerConfig:
     ewc_every_panes: int = 0
     ewc_decay: float = 0.9
     ewc_examples: int = 256
+    micro_batch_size: Optional[int] = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -88,6 +92,11 @@ class TrainerConfig:
             raise ValueError(f"steps_per_pane must be at least 1, got {self.steps_per_pane}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise ValueError(
+                f"micro_batch_size must be between 1 and batch_size={self.batch_size}, "
+                f"got {self.micro_batch_size}; leave it unset to step on whole mini-batches."
+            )
         if isinstance(self.drift_params, dict):
             object.__setattr__(self, "drift_params", tuple(sorted(self.drift_params.items())))
         self._check_drift_handling()
@@ -194,7 +203,21 @@ class IncrementalTrainer:
         )
         self.loss_fn = nn.CrossEntropyLoss() if task == CLASSIFICATION else nn.MSELoss()
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._setup_micro_batching()
         self._setup_drift_handling()
+
+    def _setup_micro_batching(self) -> None:
+        # The controller only shrinks the micro-batch (on out-of-memory
+        # errors or high device memory); gradient accumulation keeps every
+        # optimizer step on the full mini-batch, so the optimisation does
+        # not change with memory pressure.
+        initial = self.config.micro_batch_size or self.config.batch_size
+        probe = cuda_memory_probe(self.device) if str(self.device).startswith("cuda") else None
+        self.micro_batch_controller = BatchSizeController(
+            initial=initial, max_size=self.config.batch_size, memory_probe=probe
+        )
+        self.micro_batch_size = initial
+        self.oom_retries = 0
 
     def _setup_drift_handling(self) -> None:
         config = self.config
@@ -271,6 +294,13 @@ class IncrementalTrainer:
             outputs = torch.softmax(outputs, dim=-1)
         return outputs.cpu().numpy()
 
+    @torch.no_grad()
+    def evaluate_loss(self, features: np.ndarray, labels: np.ndarray) -> float:
+        """Return the mean loss of the current weights on labelled examples, without training."""
+        self.model.eval()
+        inputs = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
+        return self.loss_fn(self.model(inputs), self._targets(labels)).item()
+
     def react(self, kind: str) -> None:
         """Apply the drift reaction ``kind`` (one of ``REACTIONS``) and count it.
 
@@ -321,10 +351,7 @@ class IncrementalTrainer:
             order = torch.randperm(len(inputs), generator=self.generator).to(self.device)
             for start in range(0, len(inputs), self.config.batch_size):
                 batch = order[start:start + self.config.batch_size]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, batch_loss = self._batch_loss(inputs[batch], targets[batch])
-                loss.backward()
-                self.optimizer.step()
+                batch_loss = self._step(inputs[batch], targets[batch])
                 total_loss += batch_loss * len(batch)
                 total_examples += len(batch)
         # The last pass's mean loss on the batch's own examples, measured
@@ -332,6 +359,68 @@ class IncrementalTrainer:
         # that would be published. Replayed examples and the EWC penalty are
         # left out so the number means the same with and without them.
         return total_loss / total_examples
+
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """Take one optimizer step, halving the micro-batch on out-of-memory errors."""
+        while True:
+            micro = self.micro_batch_size
+            started = time.perf_counter()
+            try:
+                batch_loss = self._accumulated_step(inputs, targets, micro)
+            except Exception as error:  # noqa: BLE001 -- re-raised unless it is an OOM
+                if not is_cuda_oom(error) or micro <= 1:
+                    raise
+                out_of_memory = True
+            else:
+                out_of_memory = False
+
+            if not out_of_memory:
+                latency_ms = (time.perf_counter() - started) * 1000
+                self.micro_batch_size = self.micro_batch_controller.record_step(micro, latency_ms)
+                return batch_loss
+
+            # Handled outside the except block so the error's traceback,
+            # which holds the failed step's tensors, is gone before release.
+            self.optimizer.zero_grad(set_to_none=True)
+            release_device_memory()
+            self.oom_retries += 1
+            self.micro_batch_size = min(self.micro_batch_controller.record_oom(micro), max(1, micro // 2))
+            _LOGGER.warning(
+                "Training step ran out of device memory with micro-batches of %d; retrying with %d.",
+                micro, self.micro_batch_size,
+            )
+
+    def _accumulated_step(self, inputs: torch.Tensor, targets: torch.Tensor, micro: int) -> float:
+        """Run one optimizer step over micro-batches; return the mean loss on ``inputs``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if micro >= len(inputs):
+            loss, batch_loss = self._batch_loss(inputs, targets)
+            loss.backward()
+            self.optimizer.step()
+            return batch_loss
+
+        all_inputs, all_targets = inputs, targets
+        if self.replay is not None:
+            replayed_inputs, replayed_targets = self.replay.sample(int(round(len(inputs) * self.config.replay_ratio)))
+            if replayed_inputs is not None:
+                all_inputs = torch.cat([inputs, replayed_inputs.to(self.device)])
+                all_targets = torch.cat([targets, replayed_targets.to(self.device)])
+
+        # Each micro-batch contributes its summed loss over the whole count,
+        # so the accumulated gradient is that of the mean over the batch.
+        total = len(all_inputs)
+        own_loss_sum = 0.0
+        for start in range(0, total, micro):
+            per_example = self.per_example_loss_fn(
+                self.model(all_inputs[start:start + micro]), all_targets[start:start + micro]
+            )
+            (per_example.sum() / total).backward()
+            own = per_example[:max(0, len(inputs) - start)]
+            own_loss_sum += own.detach().sum().item()
+        if self.ewc is not None and self.ewc.anchored:
+            self.ewc.penalty(self.model).backward()
+        self.optimizer.step()
+        return own_loss_sum / len(inputs)
 
     def _batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple:
         """Return the loss to minimise and the mean loss on ``inputs`` alone."""

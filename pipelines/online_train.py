@@ -56,6 +56,8 @@ REPORTED_COUNTERS = (
     "ValidateRecords.records_invalid",
     "OnlineTrainer.updates_rejected",
     "OnlineTrainer.drifts_detected",
+    "OnlineTrainer.rollbacks",
+    "OnlineTrainer.train_oom_retries",
     "VersionedInference.oom_splits",
     "VersionedInference.oom_dead_letters",
 )
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="Optimizer.")
     group.add_argument("--steps_per_pane", type=int, default=1, help="Passes over each pane's examples.")
     group.add_argument("--train_batch_size", type=int, default=64, help="Mini-batch size within a pass.")
+    group.add_argument("--train_micro_batch_size", type=int, default=None,
+                       help="Micro-batch size for gradient accumulation (default: the whole mini-batch); "
+                            "it shrinks by itself on out-of-memory errors.")
+    group.add_argument("--rollback_factor", type=float, default=None,
+                       help="Roll back a version whose loss on its next window exceeds this factor times "
+                            "its predecessor's (off when absent).")
     group.add_argument("--max_loss", type=float, default=None,
                        help="Quality gate: an update whose training loss exceeds this is not published.")
     group.add_argument("--serving_window", default=None,
@@ -297,10 +305,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
             ewc_every_panes=args.ewc_every_panes,
             ewc_decay=args.ewc_decay,
             ewc_examples=args.ewc_examples,
+            micro_batch_size=args.train_micro_batch_size,
         ),
         serving_window_s=serving_window_s,
         store_root=store_root,
         end_of_stream=last_event_time(source_config),
+        rollback_factor=args.rollback_factor,
     )
     initial_version = publish_initial_model(training_config, store)
     if args.resume:

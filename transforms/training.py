@@ -80,8 +80,14 @@ class TrainingConfig:
     store_root: str
     device: str = "cpu"
     end_of_stream: Optional[float] = None
+    rollback_factor: Optional[float] = None
 
     def __post_init__(self):
+        if self.rollback_factor is not None and not self.rollback_factor >= 1:
+            raise ValueError(
+                f"rollback_factor must be at least 1, got {self.rollback_factor}; for example 1.5 "
+                "rolls back a version whose loss on the next pane is 50% above its predecessor's."
+            )
         if not self.serving_window_s > 0:
             raise ValueError(
                 f"serving_window_s must be positive, got {self.serving_window_s}; "
@@ -186,6 +192,9 @@ class OnlineTrainer(beam.DoFn):
         self.versions_published = Metrics.counter(METRICS_NAMESPACE, "versions_published")
         self.updates_rejected = Metrics.counter(METRICS_NAMESPACE, "updates_rejected")
         self.train_latency_ms = Metrics.distribution(METRICS_NAMESPACE, "train_latency_ms")
+        self.rollbacks = Metrics.counter(METRICS_NAMESPACE, "rollbacks")
+        self.train_oom_retries = Metrics.counter(METRICS_NAMESPACE, "train_oom_retries")
+        self.train_micro_batch_size = Metrics.distribution(METRICS_NAMESPACE, "train_micro_batch_size")
 
     def setup(self):
         self._store = ModelStore(self.config.store_root, self.filesystem or BeamFileSystem())
@@ -273,9 +282,12 @@ class OnlineTrainer(beam.DoFn):
         features = np.asarray([event.features for event in labelled], dtype=np.float32)
         labels = np.asarray([event.label for event in labelled])
         event_times = [event.event_time for event in labelled]
+        trainer, rolled_back_from = self._maybe_roll_back(key, version, trainer, features, labels)
 
+        retries_before = trainer.oom_retries
         started = time.perf_counter()
         result = trainer.learn_many(features, labels, event_times, model_version=version.version)
+        self.train_oom_retries.inc(trainer.oom_retries - retries_before)
         self.train_latency_ms.update(int((time.perf_counter() - started) * 1000))
         self.panes_trained.inc()
         self._stash_drift_events(key, result.drift_events)
@@ -290,7 +302,8 @@ class OnlineTrainer(beam.DoFn):
             return None
 
         self.examples_trained.inc(result.examples)
-        published = self._publish(key, version, trainer, pane, result)
+        self.train_micro_batch_size.update(trainer.micro_batch_size)
+        published = self._publish(key, version, trainer, pane, result, rolled_back_from)
         self._cached = (published.version, trainer)
         self.versions_published.inc()
         return published
@@ -315,8 +328,38 @@ class OnlineTrainer(beam.DoFn):
         self._drift_events = []
         return drained
 
-    def _publish(self, key, previous: PublishedVersion, trainer, pane: Pane, result) -> PublishedVersion:
+    def _maybe_roll_back(self, key, version: PublishedVersion, trainer, features, labels) -> tuple:
+        """Return the trainer to continue from, and the version rolled back from (or None).
+
+        The current version served this pane's events before training on
+        them, so its loss here is its prequential loss on the next window.
+        When that exceeds ``rollback_factor`` times the loss of the version
+        it replaced, training continues from the replaced version instead.
+        """
+        factor = self.config.rollback_factor
+        previous_number = version.metadata.get("previous_version")
+        if factor is None or previous_number is None:
+            return trainer, None
+
+        previous_path = self._store.version_path(key, previous_number)
+        previous = self._load_trainer(self._store.read_version(previous_path))
+        current_loss = trainer.evaluate_loss(features, labels)
+        previous_loss = previous.evaluate_loss(features, labels)
+        if not (current_loss > factor * previous_loss) and math.isfinite(current_loss):
+            return trainer, None
+
+        self.rollbacks.inc()
+        _LOGGER.warning(
+            "Model %s: version %d has loss %.6g on its next window, above %g x %.6g of version %d; "
+            "rolling back to version %d's weights.",
+            key, version.version, current_loss, factor, previous_loss, previous_number, previous_number,
+        )
+        return previous, version.version
+
+    def _publish(self, key, previous: PublishedVersion, trainer, pane: Pane, result,
+                 rolled_back_from: Optional[int] = None) -> PublishedVersion:
         metadata = {
+            "rolled_back_from": rolled_back_from,
             "model_spec": self.config.model_spec.to_json(),
             "published_at": time.time(),
             "examples_trained": result.examples,
@@ -343,6 +386,12 @@ class OnlineTrainer(beam.DoFn):
 
         # A cold worker, or state restored from a checkpoint: rebuild the
         # trainer from the version the state points at.
+        trainer = self._load_trainer(version)
+        self._cached = (version.version, trainer)
+        return trainer
+
+    def _load_trainer(self, version: PublishedVersion) -> IncrementalTrainer:
+        """Build a trainer with the weights, optimizer and extra state of ``version``."""
         spec = ModelSpec.from_json(version.metadata["model_spec"])
         trainer = IncrementalTrainer(
             build_model(spec, seed=self.config.trainer.seed),
@@ -356,7 +405,6 @@ class OnlineTrainer(beam.DoFn):
         if "generator_state" in extra:
             trainer.generator.set_state(extra["generator_state"])
         trainer.load_extra_state(extra)
-        self._cached = (version.version, trainer)
         return trainer
 
 
