@@ -65,3 +65,26 @@ def log_counters(result) -> dict:
 
 def is_local_path(path: str) -> bool:
     return "://" not in path
+
+
+def distribution_summaries(result, names) -> dict:
+    """Return ``{<name>_min, _mean, _max}`` for each named Beam distribution.
+
+    ``names`` are ``<namespace>.<name>``; distributions the runner did not
+    report are left out.
+    """
+    try:
+        distributions = result.metrics().query()["distributions"]
+    except (NotImplementedError, AttributeError, KeyError):
+        return {}
+    summaries = {}
+    for distribution in distributions:
+        key = f"{distribution.key.metric.namespace}.{distribution.key.metric.name}"
+        data = distribution.committed or distribution.attempted
+        if key not in names or data is None or not data.count:
+            continue
+        short = distribution.key.metric.name
+        summaries[f"{short}_min"] = data.min
+        summaries[f"{short}_mean"] = data.sum / data.count
+        summaries[f"{short}_max"] = data.max
+    return summaries

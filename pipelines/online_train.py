@@ -62,6 +62,12 @@ REPORTED_COUNTERS = (
     "VersionedInference.oom_dead_letters",
 )
 
+# Batch sizes chosen under memory and latency pressure, for the report.
+REPORTED_DISTRIBUTIONS = (
+    "VersionedInference.controller_batch_size",
+    "OnlineTrainer.train_micro_batch_size",
+)
+
 # Owned output subdirectories, replaced on a fresh run (not with --resume).
 OUTPUT_SUBDIRS = ("predictions", "metrics", "models", "dead_letter", "drift", "plots")
 
@@ -393,6 +399,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         for name in REPORTED_COUNTERS
         if name in counters
     }
+    validation.update(common.distribution_summaries(result, REPORTED_DISTRIBUTIONS))
 
     if args.no_report or not common.is_local_path(output):
         return dict(validation, engine=engine)
