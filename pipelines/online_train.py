@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Inference device; cuda falls back to cpu when CUDA is unavailable.")
     group.add_argument("--inference_batch_size", type=int, default=256, help="Maximum inference batch size.")
     group.add_argument("--max_cached_models", type=int, default=4, help="Loaded model versions kept per worker.")
+    group.add_argument("--torch_threads", type=int, default=1,
+                       help="torch intra-op threads per worker process for training and inference "
+                            "(0 keeps torch's default of one per core).")
     group.add_argument("--target_latency_ms", type=float, default=200.0,
                        help="Inference step latency above which the batch-size controller halves the batch.")
     group.add_argument("--no_backpressure", action="store_true",
@@ -317,6 +320,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         store_root=store_root,
         end_of_stream=last_event_time(source_config),
         rollback_factor=args.rollback_factor,
+        torch_threads=args.torch_threads or None,
     )
     initial_version = publish_initial_model(training_config, store)
     if args.resume:
@@ -366,6 +370,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
             target_latency_ms=args.target_latency_ms,
         ),
         device=args.device,
+        torch_threads=args.torch_threads or None,
     )
     predictions = served.predictions
 

@@ -38,7 +38,7 @@ from ml.oom import run_with_oom_split
 from ml.store import ModelStore, PublishedVersion
 from transforms.records import DeadLetter, Event
 from transforms.store_io import BeamFileSystem
-from transforms.training import ServingRecord
+from transforms.training import ServingRecord, set_torch_threads
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -124,7 +124,11 @@ class SafetensorsModelHandler(ModelHandler[Event, Any, torch.nn.Module]):
     """
 
     def __init__(self, store_root: str, device: str = "cpu", filesystem=None,
-                 min_batch_size: int = 1, max_batch_size: int = 256):
+                 min_batch_size: Optional[int] = None, max_batch_size: int = 256):
+        # BatchElements starts at min_batch_size and grows adaptively; from 1
+        # it averaged 16 events a batch, so start at a quarter of the maximum.
+        if min_batch_size is None:
+            min_batch_size = max(1, min(32, max_batch_size // 4))
         super().__init__()
         self._store_root = store_root
         self._device = device
@@ -249,8 +253,9 @@ class _VersionedInferenceDoFn(beam.DoFn):
 
     def __init__(self, model_handler: ModelHandler, initial_version: PublishedVersion,
                  model_selection: str, with_baseline: bool, max_cached_models: int,
-                 backpressure: BackpressureConfig, device: str = "cpu"):
+                 backpressure: BackpressureConfig, device: str = "cpu", torch_threads: Optional[int] = 1):
         self._handler = model_handler
+        self._torch_threads = torch_threads
         self._initial = initial_version
         self._selection = model_selection
         self._with_baseline = with_baseline
@@ -266,6 +271,7 @@ class _VersionedInferenceDoFn(beam.DoFn):
         self.controller_batch_size = Metrics.distribution(METRICS_NAMESPACE, "controller_batch_size")
 
     def setup(self):
+        set_torch_threads(self._torch_threads)
         # One extra slot so the frozen baseline never evicts a serving model.
         self._cache = _ModelCache(self._handler, self._max_cached_models + 1)
         self._progress = _ProgressReporter()
@@ -386,7 +392,8 @@ class VersionedInference(beam.PTransform):
     def __init__(self, model_handler: ModelHandler, serving_window_s: float, initial_version: PublishedVersion,
                  serving_records=None, published_versions=None, model_selection: str = "as_of",
                  with_baseline: bool = True, max_cached_models: int = 4,
-                 backpressure: BackpressureConfig = BackpressureConfig(), device: str = "cpu"):
+                 backpressure: BackpressureConfig = BackpressureConfig(), device: str = "cpu",
+                 torch_threads: Optional[int] = 1):
         super().__init__()
         if model_selection not in MODEL_SELECTIONS:
             raise ValueError(
@@ -405,6 +412,7 @@ class VersionedInference(beam.PTransform):
         self.max_cached_models = max_cached_models
         self.backpressure = backpressure
         self.device = device
+        self.torch_threads = torch_threads
 
     def expand(self, events):
         windowed = events | "WindowForServing" >> beam.WindowInto(
@@ -413,7 +421,7 @@ class VersionedInference(beam.PTransform):
         batches = windowed | "BatchEvents" >> beam.BatchElements(**self.model_handler.batch_elements_kwargs())
         do_fn = _VersionedInferenceDoFn(
             self.model_handler, self.initial_version, self.model_selection,
-            self.with_baseline, self.max_cached_models, self.backpressure, self.device,
+            self.with_baseline, self.max_cached_models, self.backpressure, self.device, self.torch_threads,
         )
         return batches | "Predict" >> beam.ParDo(
             do_fn, versions=self._versions_side_input()
