@@ -14,6 +14,7 @@ from torch import nn
 from ml.backpressure import BatchSizeController, cuda_memory_probe
 from ml.drift import DETECTORS, DriftEvent, DriftMonitor, prequential_errors
 from ml.ewc import ElasticWeightConsolidation
+from ml.loader import StreamingLoader
 from ml.models import CLASSIFICATION, StreamingModel
 from ml.oom import is_cuda_oom, release_device_memory
 from ml.replay_buffer import ReservoirReplayBuffer
@@ -80,6 +81,7 @@ class TrainerConfig:
     ewc_decay: float = 0.9
     ewc_examples: int = 256
     micro_batch_size: Optional[int] = None
+    use_loader: Optional[bool] = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -218,6 +220,9 @@ class IncrementalTrainer:
         )
         self.micro_batch_size = initial
         self.oom_retries = 0
+        self.loader_producer_blocked_s = 0.0
+        self.loader_consumer_blocked_s = 0.0
+        self.loader_max_depth = 0
 
     def _setup_drift_handling(self) -> None:
         config = self.config
@@ -349,16 +354,45 @@ class IncrementalTrainer:
         for _ in range(self.config.steps_per_pane):
             total_loss, total_examples = 0.0, 0
             order = torch.randperm(len(inputs), generator=self.generator).to(self.device)
-            for start in range(0, len(inputs), self.config.batch_size):
-                batch = order[start:start + self.config.batch_size]
-                batch_loss = self._step(inputs[batch], targets[batch])
-                total_loss += batch_loss * len(batch)
-                total_examples += len(batch)
+            batches = [order[start:start + self.config.batch_size]
+                       for start in range(0, len(inputs), self.config.batch_size)]
+            for batch_inputs, batch_targets in self._mini_batches(inputs, targets, batches):
+                batch_loss = self._step(batch_inputs, batch_targets)
+                total_loss += batch_loss * len(batch_inputs)
+                total_examples += len(batch_inputs)
         # The last pass's mean loss on the batch's own examples, measured
         # while training, is what the gate judges: it reflects the weights
         # that would be published. Replayed examples and the EWC penalty are
         # left out so the number means the same with and without them.
         return total_loss / total_examples
+
+    def _uses_loader(self) -> bool:
+        if self.config.use_loader is not None:
+            return self.config.use_loader
+        return str(self.device).startswith("cuda")
+
+    def _mini_batches(self, inputs: torch.Tensor, targets: torch.Tensor, batches: list):
+        """Yield the mini-batches of one pass, through a prefetching loader if enabled.
+
+        With the loader, a producer thread slices (and on CUDA pins) the next
+        mini-batches on the host while the current one trains, and copies
+        reach the device without blocking. The batch order is drawn before,
+        on this thread, so the loader never changes which examples a step sees.
+        """
+        if not self._uses_loader():
+            for batch in batches:
+                yield inputs[batch], targets[batch]
+            return
+
+        host_inputs, host_targets = inputs.cpu(), targets.cpu()
+        source = ((host_inputs[batch.cpu()], host_targets[batch.cpu()]) for batch in batches)
+        is_cuda = str(self.device).startswith("cuda")
+        with StreamingLoader(source, high_watermark=4, device=self.device, pin_memory=is_cuda) as loader:
+            yield from loader
+            stats = loader.stats()
+        self.loader_producer_blocked_s += stats.producer_blocked_s
+        self.loader_consumer_blocked_s += stats.consumer_blocked_s
+        self.loader_max_depth = max(self.loader_max_depth, stats.max_depth)
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """Take one optimizer step, halving the micro-batch on out-of-memory errors."""

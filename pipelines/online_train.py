@@ -58,6 +58,8 @@ REPORTED_COUNTERS = (
     "OnlineTrainer.drifts_detected",
     "OnlineTrainer.rollbacks",
     "OnlineTrainer.train_oom_retries",
+    "OnlineTrainer.loader_producer_blocked_ms",
+    "OnlineTrainer.loader_consumer_blocked_ms",
     "VersionedInference.oom_splits",
     "VersionedInference.oom_dead_letters",
 )
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--train_micro_batch_size", type=int, default=None,
                        help="Micro-batch size for gradient accumulation (default: the whole mini-batch); "
                             "it shrinks by itself on out-of-memory errors.")
+    group.add_argument("--train_loader", choices=("auto", "on", "off"), default="auto",
+                       help="Feed training steps through the prefetching loader (auto: on CUDA only).")
     group.add_argument("--rollback_factor", type=float, default=None,
                        help="Roll back a version whose loss on its next window exceeds this factor times "
                             "its predecessor's (off when absent).")
@@ -315,6 +319,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
             ewc_decay=args.ewc_decay,
             ewc_examples=args.ewc_examples,
             micro_batch_size=args.train_micro_batch_size,
+            use_loader={"auto": None, "on": True, "off": False}[args.train_loader],
         ),
         serving_window_s=serving_window_s,
         store_root=store_root,

@@ -83,3 +83,19 @@ def test_non_oom_error_propagates():
 def test_micro_batch_size_validated():
     with pytest.raises(ValueError, match="micro_batch_size must be between 1 and batch_size=16, got 32"):
         TrainerConfig(batch_size=16, micro_batch_size=32)
+
+
+def test_loader_gives_same_weights():
+    direct = _train(TrainerConfig(batch_size=16, use_loader=False))
+    loaded = _train(TrainerConfig(batch_size=16, use_loader=True))
+    _assert_same_weights(direct, loaded, atol=0)
+    assert loaded.loader_max_depth >= 1
+    assert loaded.loader_max_depth <= 4
+
+
+def test_main_job_reports_loader_time(tmp_path):
+    from pipelines import online_train
+
+    summary = online_train.run([f"--output_dir={tmp_path}", "--max_events=200", "--train_loader=on"])
+    assert "loader_consumer_blocked_ms" in summary or "loader_producer_blocked_ms" in summary
+    assert summary["online_accuracy"] > summary["baseline_accuracy"]

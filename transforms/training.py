@@ -263,6 +263,8 @@ class OnlineTrainer(beam.DoFn):
         self.rollbacks = Metrics.counter(METRICS_NAMESPACE, "rollbacks")
         self.train_oom_retries = Metrics.counter(METRICS_NAMESPACE, "train_oom_retries")
         self.train_micro_batch_size = Metrics.distribution(METRICS_NAMESPACE, "train_micro_batch_size")
+        self.loader_producer_blocked_ms = Metrics.counter(METRICS_NAMESPACE, "loader_producer_blocked_ms")
+        self.loader_consumer_blocked_ms = Metrics.counter(METRICS_NAMESPACE, "loader_consumer_blocked_ms")
 
     def setup(self):
         set_torch_threads(self.config.torch_threads)
@@ -384,9 +386,12 @@ class OnlineTrainer(beam.DoFn):
         trainer, rolled_back_from = self._maybe_roll_back(key, version, trainer, features, labels)
 
         retries_before = trainer.oom_retries
+        blocked_before = (trainer.loader_producer_blocked_s, trainer.loader_consumer_blocked_s)
         started = time.perf_counter()
         result = trainer.learn_many(features, labels, event_times, model_version=version.version)
         self.train_oom_retries.inc(trainer.oom_retries - retries_before)
+        self.loader_producer_blocked_ms.inc(int((trainer.loader_producer_blocked_s - blocked_before[0]) * 1000))
+        self.loader_consumer_blocked_ms.inc(int((trainer.loader_consumer_blocked_s - blocked_before[1]) * 1000))
         self.train_latency_ms.update(int((time.perf_counter() - started) * 1000))
         self.panes_trained.inc()
         self._stash_drift_events(key, result.drift_events)
