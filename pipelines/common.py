@@ -1,7 +1,8 @@
 """Helpers shared by the runnable pipelines."""
 
 import logging
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 from apache_beam.options.pipeline_options import StandardOptions
 
@@ -88,3 +89,19 @@ def distribution_summaries(result, names) -> dict:
         summaries[f"{short}_mean"] = data.sum / data.count
         summaries[f"{short}_max"] = data.max
     return summaries
+
+
+def run_main(run: Callable[[], object], log_format: str, apache_beam_level: int = logging.WARNING) -> None:
+    """Configure logging, call ``run`` and turn a ``ValueError`` into exit status 2.
+
+    Configuration errors raise ``ValueError`` with the bad value and the
+    fix, so the command prints that line instead of a traceback.
+    """
+    # force: importing apache_beam has already configured the root logger.
+    logging.basicConfig(level=logging.INFO, format=log_format, force=True)
+    logging.getLogger("apache_beam").setLevel(apache_beam_level)
+    try:
+        run()
+    except ValueError as error:
+        _LOGGER.error("%s", error)
+        sys.exit(2)

@@ -421,13 +421,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        run()
-    except ValueError as error:
-        _LOGGER.error("%s", error)
-        sys.exit(2)
+    common.run_main(run, "%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

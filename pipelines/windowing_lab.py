@@ -19,9 +19,9 @@ a YAML or JSON file with ``--grid`` (see ``transforms/windowing_lab/grid.py``).
 import argparse
 import logging
 import os
-import sys
 from typing import List, Optional
 
+from pipelines import common
 from transforms import sources
 from transforms.windowing_lab import grid as grid_lib
 from transforms.windowing_lab import lab
@@ -139,17 +139,9 @@ def run(argv: Optional[List[str]] = None) -> str:
 
 
 def main() -> None:
-    # force: importing apache_beam has already configured the root logger.
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     # The lab reports Beam's stalls and relabelled panes itself; Beam's own
     # warnings about them would repeat once per pane.
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
-    try:
-        run()
-    except ValueError as error:
-        _LOGGER.error("%s", error)
-        sys.exit(2)
+    common.run_main(run, "%(levelname)s %(name)s: %(message)s", apache_beam_level=logging.ERROR)
 
 
 if __name__ == "__main__":
