@@ -208,14 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_window_spec(source_config) -> str:
-    """A training window that gives each window tens of events on the built-in data."""
+    """Return a training window that gives each window tens of events on the built-in data."""
     if source_config.input is None and source_config.dataset == "phishing":
         return "fixed:1h"
     return "fixed:5m"
 
 
 def last_event_time(source_config) -> float:
-    """The newest event time in a bounded source, where the trainer's timer chain may stop."""
+    """Return the newest event time in a bounded source, where the trainer's timer chain may stop."""
     newest = float("-inf")
     for record in sources.read_source_records(sources.resolve_source_config(source_config)):
         if record.event_time is not None and record.event_time > newest:
@@ -348,9 +348,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
     )
     events = validated.valid
     if args.resume and initial_version.version > 0:
-        # Events before the resumed version's training watermark were served
-        # and trained on by the earlier run; replaying them would serve them
-        # with a model trained on their own labels.
+        # The earlier run already served and trained on the events before the
+        # resumed version's training watermark. Replaying them would serve
+        # them with a model trained on their own labels.
         resume_from = initial_version.training_watermark
         events = events | "SkipTrainedEvents" >> beam.Filter(lambda event: event.event_time >= resume_from)
 

@@ -245,9 +245,9 @@ class _ProgressReporter:
 class _VersionedInferenceDoFn(beam.DoFn):
     """Predict each batch with the version its events select.
 
-    Batches are cut to the controller's batch size; a chunk that runs out
-    of device memory is split in half and retried down to single events,
-    and an event that fails alone goes to the ``dead_letter`` output, so no
+    Batches are cut to the controller's batch size. A chunk that runs out
+    of device memory is split in half and retried down to single events.
+    An event that fails alone goes to the ``dead_letter`` output, so no
     event is lost.
     """
 
