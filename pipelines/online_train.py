@@ -339,6 +339,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         args.window, serving_window_s, args.model_selection,
     )
 
+    # TODO: carry events in blocks (Arrow record batches) through validation, inference and training; per-event Beam overhead holds throughput near 0.1 of a plain PyTorch loop (docs/benchmarks.md).
     pipeline = beam.Pipeline(options=options)
     records = pipeline | "ReadEvents" >> replay.ReadEvents(source_config, replay_config, mode)
     validated = records | "ValidateRecords" >> ValidateRecords(
