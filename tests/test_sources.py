@@ -414,3 +414,16 @@ def test_drift_positions_follow_length():
     assert spec.drift_positions(12_000) == (2500, 5000, 7500, 10000)
     assert spec.drift_positions(2000) == ()
     assert datasets.get_dataset("hyperplane").drift_positions() == ()
+
+
+def test_csv_unbalanced_quote_loses_no_line(tmp_path):
+    path = tmp_path / "quotes.csv"
+    path.write_text('id,ts,x,y\na,1700000000,1.0,0\n"b,1700000060,2.0,1\nc,1700000120,3.0,0\nd,1700000180,4.0,1\n')
+    config = resolve_source_config(SourceConfig(
+        input=str(path), timestamp_column="ts", label_column="y", id_column="id"))
+
+    records = list(read_source_records(config))
+
+    assert len(records) == 4
+    assert [record.row.get("id") for record in records] == ["a", None, "c", "d"]
+    assert "unbalanced quote" in malformed_reason(records[1])

@@ -573,6 +573,26 @@ def _csv_options(columns: list, timestamp_column: str, size: int, invalid: list)
 
 
 def _parse_csv_batch(path: str, batch: list, columns: list, timestamp_column: str) -> _Chunk:
+    # A line with an odd number of quote characters opens a quoted value that
+    # never closes on that line, and pyarrow would swallow the following
+    # lines into it; such lines are malformed on their own.
+    unbalanced = []
+    balanced = []
+    for index, (number, line) in enumerate(batch):
+        if line.count(b'"') % 2:
+            reason = f"{MALFORMED_CSV} ({path}:{number}): unbalanced quote"
+            unbalanced.append(_Malformed(index, _decode(line), reason))
+        else:
+            balanced.append(index)
+
+    chunk = _parse_balanced_csv(path, [batch[index] for index in balanced], columns, timestamp_column)
+    malformed = [entry._replace(index=balanced[entry.index]) for entry in chunk.malformed]
+    return _Chunk(chunk.rows, chunk.timestamps, sorted(unbalanced + malformed))
+
+
+def _parse_balanced_csv(path: str, batch: list, columns: list, timestamp_column: str) -> _Chunk:
+    if not batch:
+        return _Chunk([], [], [])
     data = b"\n".join(line for _, line in batch) + b"\n"
     invalid = []
     try:
@@ -584,6 +604,15 @@ def _parse_csv_batch(path: str, batch: list, columns: list, timestamp_column: st
         # timestamp column) fails the whole batch, so parse line by line.
         _LOGGER.info(
             "Parsing lines %d to %d of %s one at a time: %s", batch[0][0], batch[-1][0], path, error
+        )
+        return _parse_csv_lines(path, batch, columns, timestamp_column)
+
+    if table.num_rows + len(invalid) != len(batch):
+        # Every line must come out as a row or a malformed record; if pyarrow
+        # merged or dropped lines, fall back to one line at a time.
+        _LOGGER.info(
+            "pyarrow read %d rows and %d invalid rows from %d lines %d to %d of %s; parsing one at a time.",
+            table.num_rows, len(invalid), len(batch), batch[0][0], batch[-1][0], path,
         )
         return _parse_csv_lines(path, batch, columns, timestamp_column)
 
