@@ -73,7 +73,7 @@ class PublishedVersion:
     """A committed checkpoint: what serving needs to find and trust it.
 
     ``training_watermark`` is the event time (seconds) up to which labels
-    were used to train this version; as-of serving gives an event at time t
+    were used to train this version. As-of serving gives an event at time t
     only versions whose training watermark is at or before t.
     """
 
@@ -255,7 +255,7 @@ class ModelStore:
 
 def _safetensors_metadata(data: bytes) -> dict:
     # The safetensors header is an 8-byte little-endian length and a JSON
-    # object; its "__metadata__" entry holds the string metadata.
+    # object, whose "__metadata__" entry contains the string metadata.
     header_length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + header_length])
     return header.get("__metadata__", {})

@@ -209,10 +209,10 @@ class IncrementalTrainer:
         self._setup_drift_handling()
 
     def _setup_micro_batching(self) -> None:
-        # The controller only shrinks the micro-batch (on out-of-memory
-        # errors or high device memory); gradient accumulation keeps every
-        # optimizer step on the full mini-batch, so the optimisation does
-        # not change with memory pressure.
+        # The controller halves the micro-batch on out-of-memory errors or
+        # high device memory and grows it back by one after good steps, up to
+        # the mini-batch. Gradient accumulation keeps every optimizer step on
+        # the full mini-batch, so memory pressure does not change the weights.
         initial = self.config.micro_batch_size or self.config.batch_size
         probe = cuda_memory_probe(self.device) if str(self.device).startswith("cuda") else None
         self.micro_batch_controller = BatchSizeController(
@@ -377,7 +377,7 @@ class IncrementalTrainer:
         With the loader, a producer thread slices (and on CUDA pins) the next
         mini-batches on the host while the current one trains, and copies
         reach the device without blocking. The batch order is drawn before,
-        on this thread, so the loader never changes which examples a step sees.
+        on this thread, so the loader never changes which examples a step trains on.
         """
         if not self._uses_loader():
             for batch in batches:
@@ -401,7 +401,7 @@ class IncrementalTrainer:
             started = time.perf_counter()
             try:
                 batch_loss = self._accumulated_step(inputs, targets, micro)
-            except Exception as error:  # noqa: BLE001 -- re-raised unless it is an OOM
+            except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError.
                 if not is_cuda_oom(error) or micro <= 1:
                     raise
                 out_of_memory = True

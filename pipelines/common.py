@@ -12,7 +12,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def serving_window_seconds(serving_window: Optional[str], windowing_config) -> float:
-    """The serving window length: given, or the training window's size or period.
+    """Return the serving window length: given, or the training window's size or period.
 
     Sliding windows serve per period, so each slide can publish a version;
     session windows serve per gap.

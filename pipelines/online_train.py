@@ -214,17 +214,27 @@ def default_window_spec(source_config) -> str:
     return "fixed:5m"
 
 
-def last_event_time(source_config) -> float:
-    """Return the newest event time in a bounded source, where the trainer's timer chain may stop."""
+def scan_source(source_config, sample_count: int) -> tuple:
+    """Read a bounded source once; return ``(schema sample rows, newest event time)``.
+
+    The sample is the rows of the first ``sample_count`` records, malformed
+    ones left out, for schema inference. The newest event time is where the
+    trainer's timer chain may stop.
+    """
+    sample = []
     newest = float("-inf")
     for record in sources.read_source_records(sources.resolve_source_config(source_config)):
+        if record.arrival < sample_count and sources.malformed_reason(record) is None:
+            sample.append(record.row)
         if record.event_time is not None and record.event_time > newest:
             newest = record.event_time
-    return newest
+    return sample, newest
 
 
 def prepare_output_dir(output_dir: str, resume: bool) -> None:
-    if resume:
+    # NOTE: earlier outputs are removed only from local directories; on an
+    # object store, use a new --output_dir for each run.
+    if resume or not common.is_local_path(output_dir):
         return
     for name in OUTPUT_SUBDIRS:
         path = os.path.join(output_dir, name)
@@ -234,12 +244,11 @@ def prepare_output_dir(output_dir: str, resume: bool) -> None:
     os.makedirs(output_dir, exist_ok=True)
 
 
-def load_or_infer_schema(args, source_config):
+def load_or_infer_schema(args, source_config, sample_rows: list):
     if args.schema:
         return schema_lib.load_schema(args.schema)
-    rows = sources.sample_rows(source_config, args.schema_sample_rows)
     return schema_lib.infer_schema(
-        rows,
+        sample_rows,
         label_column=source_config.label_column,
         timestamp_column=source_config.timestamp_column,
         id_column=source_config.id_column,
@@ -289,7 +298,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
     serving_window_s = common.serving_window_seconds(args.serving_window, windowing_config)
 
     prepare_output_dir(args.output_dir, args.resume)
-    schema = load_or_infer_schema(args, source_config)
+    if args.schema_sample_rows < 1:
+        raise ValueError(
+            f"--schema_sample_rows must be at least 1, got {args.schema_sample_rows}; for example 100000."
+        )
+    sample, newest_event_time = scan_source(source_config, 0 if args.schema else args.schema_sample_rows)
+    schema = load_or_infer_schema(args, source_config, sample)
     schema_lib.save_schema(schema, os.path.join(args.output_dir, "schema.pbtxt"))
     model_spec = build_model_spec(args, schema)
     model_name = args.model_name or f"{source_config.dataset or 'input'}-mlp"
@@ -323,7 +337,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         ),
         serving_window_s=serving_window_s,
         store_root=store_root,
-        end_of_stream=last_event_time(source_config),
+        end_of_stream=newest_event_time,
         rollback_factor=args.rollback_factor,
         torch_threads=args.torch_threads or None,
     )
@@ -339,7 +353,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         args.window, serving_window_s, args.model_selection,
     )
 
-    # TODO: carry events in blocks (Arrow record batches) through validation, inference and training; per-event Beam overhead holds throughput near 0.1 of a plain PyTorch loop (docs/benchmarks.md).
+    # TODO: carry events in blocks (Arrow record batches) through validation, inference and training, because per-event Beam overhead keeps throughput near 0.1 of a plain PyTorch loop (docs/benchmarks.md).
     pipeline = beam.Pipeline(options=options)
     records = pipeline | "ReadEvents" >> replay.ReadEvents(source_config, replay_config, mode)
     validated = records | "ValidateRecords" >> ValidateRecords(

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from transforms.dead_letter import read_dead_letters
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -42,16 +44,12 @@ def read_drift_events(directory: str) -> List[dict]:
     return sorted(events, key=lambda event: event["event_time"])
 
 
-def count_dead_letters(directory: str) -> Dict[str, int]:
+def count_dead_letters(output_dir: str) -> Dict[str, int]:
+    """Count the dead letters under ``output_dir`` by reason code."""
     counts: Dict[str, int] = {}
-    for path in glob.glob(os.path.join(directory, "*")):
-        if os.path.isdir(path):
-            continue
-        with open(path) as file:
-            for line in file:
-                if line.strip():
-                    reason = json.loads(line).get("reason_code", "unknown")
-                    counts[reason] = counts.get(reason, 0) + 1
+    for letter in read_dead_letters(output_dir):
+        reason = letter.get("reason_code", "unknown")
+        counts[reason] = counts.get(reason, 0) + 1
     return counts
 
 
@@ -176,7 +174,7 @@ def build_report(output_dir: str, model_name: str, task: str, engine: str, comma
     predictions = read_parquet_dir(os.path.join(output_dir, "predictions"))
     metrics = read_parquet_dir(os.path.join(output_dir, "metrics"))
     versions = read_manifest(os.path.join(output_dir, "models"), model_name)
-    dead_letters = count_dead_letters(os.path.join(output_dir, "dead_letter"))
+    dead_letters = count_dead_letters(output_dir)
     drift_events = read_drift_events(os.path.join(output_dir, "drift"))
     if predictions is None:
         raise RuntimeError(f"no predictions were written under {output_dir}/predictions; nothing to report.")

@@ -135,7 +135,7 @@ def prism_pipeline_args(location: Optional[str] = None) -> List[str]:
     Beam shares one Prism job server per process. If an earlier pipeline in
     the process (the DirectRunner tries Prism first) created it without a
     ``--prism_location``, every later PrismRunner job reuses that server and
-    tries to download Prism, which fails offline; the experiment below gives
+    tries to download Prism, which fails offline. The experiment below gives
     each job its own server.
     """
     return [

@@ -19,6 +19,9 @@ from typing import NamedTuple
 import apache_beam as beam
 import pytest
 from apache_beam.coders import VarIntCoder
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import FixedWindows
@@ -124,6 +127,14 @@ def build_state_and_side_input_pipeline(
             _add_side_sum, side_offsets=beam.pvalue.AsList(side)))
 
     return CheckOutputs(key_sums=key_sums, with_side=with_side)
+
+
+def run_check_pipeline(args) -> None:
+    """Run the check pipeline with ``args`` and assert both of its outputs."""
+    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+        outputs = build_state_and_side_input_pipeline(pipeline)
+        assert_that(outputs.key_sums, equal_to(EXPECTED_KEY_SUMS), label="CheckKeySums")
+        assert_that(outputs.with_side, equal_to(EXPECTED_WITH_SIDE), label="CheckWithSide")
 
 
 @pytest.fixture(scope="session")

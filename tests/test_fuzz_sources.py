@@ -42,7 +42,6 @@ from tests.test_fuzz_validate import validate_all
 from transforms import replay
 from transforms import sources
 from transforms import validate
-from transforms.records import SourceRecord
 
 MALFORMED_PREFIXES = (
     sources.MALFORMED_JSON,

@@ -8,7 +8,7 @@ import torch
 from ml.metrics import PrequentialAccumulator
 from ml.models import ModelSpec, build_model
 from ml.store import ModelStore, validate_model_name
-from ml.trainer import IncrementalTrainer, TrainerConfig
+from ml.trainer import IncrementalTrainer
 
 
 def trained_trainer():

@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines import online_train
@@ -115,7 +114,7 @@ def test_bad_input_goes_to_dead_letters(tmp_path):
 
     summary = _run(str(output_dir), "--runner=DirectRunner", f"--input={input_path}",
                    "--timestamp_column=ts", "--label_column=y", "--id_column=id",
-                   "--window=fixed:30m", f"--schema_sample_rows=120")
+                   "--window=fixed:30m", "--schema_sample_rows=120")
 
     assert summary["events_served"] == 120
     assert summary["dead_letters"] == 5

@@ -4,12 +4,8 @@ import json
 import os
 import urllib.request
 
-import apache_beam as beam
 import pytest
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.util import assert_that
-from apache_beam.testing.util import equal_to
 
 from runners import process_boot
 from runners.flink import assemble
@@ -126,13 +122,4 @@ def test_flink_state_and_side_input(flink_cluster, extra_args):
     else:
         args.append("--environment_type=LOOPBACK")
 
-    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
-        outputs = runner_fixtures.build_state_and_side_input_pipeline(pipeline)
-        assert_that(
-            outputs.key_sums,
-            equal_to(runner_fixtures.EXPECTED_KEY_SUMS),
-            label="CheckKeySums")
-        assert_that(
-            outputs.with_side,
-            equal_to(runner_fixtures.EXPECTED_WITH_SIDE),
-            label="CheckWithSide")
+    runner_fixtures.run_check_pipeline(args)

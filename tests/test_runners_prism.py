@@ -2,11 +2,7 @@
 
 import os
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.util import assert_that
-from apache_beam.testing.util import equal_to
 
 from runners import prism
 from runners import process_boot
@@ -52,13 +48,4 @@ def test_prism_state_and_side_input(prism_location, extra_args):
         args.append("--environment_config=" +
                     process_boot.process_environment_config())
 
-    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
-        outputs = runner_fixtures.build_state_and_side_input_pipeline(pipeline)
-        assert_that(
-            outputs.key_sums,
-            equal_to(runner_fixtures.EXPECTED_KEY_SUMS),
-            label="CheckKeySums")
-        assert_that(
-            outputs.with_side,
-            equal_to(runner_fixtures.EXPECTED_WITH_SIDE),
-            label="CheckWithSide")
+    runner_fixtures.run_check_pipeline(args)

@@ -1,8 +1,7 @@
 """Versioned, hot-swapped inference on Beam's ``ModelHandler`` API.
 
 Stock ``RunInference(model_metadata_pcoll=...)`` swaps one model for all
-elements when a new path arrives, which (a) fails on the legacy streaming
-DirectRunner once a second update arrives and (b) lets a replayed event be
+elements when a new path arrives. On replayed data that lets an event be
 predicted by a model trained on labels from its future. Here each event
 picks its version itself:
 
@@ -52,12 +51,13 @@ DEAD_LETTER_TAG = "dead_letter"
 class BackpressureConfig:
     """How the batch-size controller sizes the batches given to the model.
 
-    Beam's ``BatchElements`` caps batches at ``max_batch_size``; within that,
-    the controller grows the batch additively while steps stay under
-    ``target_latency_ms`` and memory under ``memory_high_fraction``, and
-    halves it on a slow step, high memory or an out-of-memory error. Memory
-    is the CUDA device's on GPU, else the process RSS against
-    ``rss_limit_bytes`` (no memory signal on CPU when it is None).
+    Beam's ``BatchElements`` caps batches at ``max_batch_size``. Within that
+    cap the controller grows the batch additively while steps stay under
+    ``target_latency_ms`` and memory under ``memory_high_fraction``. It
+    halves the batch on a slow step, high memory or an out-of-memory error.
+    Memory is the CUDA device's on GPU, else the process RSS against
+    ``rss_limit_bytes``. On CPU with ``rss_limit_bytes=None`` there is no
+    memory signal.
     """
 
     enabled: bool = True
@@ -98,7 +98,7 @@ def resolve_device(device: str) -> str:
 class Prediction(NamedTuple):
     """One served prediction, with what freshness and metrics need.
 
-    ``prediction`` holds class probabilities (classification) or one value
+    ``prediction`` contains class probabilities (classification) or one value
     (regression); ``baseline_prediction`` is the frozen initial model's.
     ``inference_latency_ms`` is the wall time of the model call for the
     batch that held this event; ``processing_time`` is when it returned.
@@ -178,7 +178,7 @@ def select_as_of(event_time: float, records: Iterable[ServingRecord], fallback: 
     """Return the newest version trained on labels at or before ``event_time``."""
     best = fallback
     for record in records:
-        version = record.version if isinstance(record, ServingRecord) else record
+        version = record.version
         if version.training_watermark <= event_time and version.version > best.version:
             best = version
     return best
@@ -298,7 +298,7 @@ class _VersionedInferenceDoFn(beam.DoFn):
                 yield from self._predict(events[start:start + size], chosen[number])
 
     def _run_split(self, events, model):
-        """Run the handler with split-and-retry; return (results, failures, latency)."""
+        """Run the handler with split-and-retry; return the ``OomSplitResult`` and the latency in ms."""
         def on_oom(failed_size, _error):
             if self._controller is not None:
                 self._controller.record_oom(failed_size)
@@ -377,7 +377,7 @@ class VersionedInference(beam.PTransform):
     """Serve events with hot-swapped model versions.
 
     Takes events (in any windowing) and returns a tagged result:
-    ``predictions`` holds :class:`Prediction`s in fixed event-time windows of
+    ``predictions`` contains :class:`Prediction`s in fixed event-time windows of
     ``serving_window_s`` seconds, and ``dead_letter`` the events that ran out
     of device memory even alone.
 

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Optional
 class SourceRecord(NamedTuple):
     """A raw input row as a source read it, before validation.
 
-    ``row`` holds the original fields exactly as parsed from the file or
+    ``row`` contains the original fields exactly as parsed from the file or
     generator. ``event_time`` is None when the timestamp column could not be
     parsed, and ``timestamp_error`` then says why. ``arrival`` is the row's
     position in the replayed arrival order, which differs from file order

@@ -350,10 +350,10 @@ def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
     if batch:
         flush()
 
-    # The legacy DirectRunner treats every side-input window as ready once
-    # the watermark jumps to infinity, before the timers behind that jump have
-    # fired, so stop at the newest event time first: the trainer then
-    # publishes the last serving window's version while the watermark holds.
+    # The legacy DirectRunner (Beam 2.77) treats every side-input window as
+    # ready once the watermark jumps to infinity, before the timers behind
+    # that jump have fired. Stopping at the newest event time first lets the
+    # trainer publish the last serving window's version in time.
     if max_seen > -math.inf and to_beam_timestamp(max_seen) > current:
         stream.advance_watermark_to(to_beam_timestamp(max_seen))
     return stream.advance_watermark_to_infinity()

@@ -301,7 +301,7 @@ def _set_presence(
 
 
 def _float32_at_most(value: float) -> float:
-    """The largest float32 at or below ``value``.
+    """Return the largest float32 at or below ``value``.
 
     FloatDomain bounds are float32, so an observed float64 extreme stored
     as is can round inward and reject the very value it came from.
@@ -311,7 +311,7 @@ def _float32_at_most(value: float) -> float:
 
 
 def _float32_at_least(value: float) -> float:
-    """The smallest float32 at or above ``value``."""
+    """Return the smallest float32 at or above ``value``."""
     rounded = float(np.float32(value))
     return rounded if rounded >= value else float(np.nextafter(np.float32(value), np.float32(np.inf)))
 

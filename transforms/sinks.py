@@ -6,13 +6,14 @@ is windowed (every caller here writes event-time windowed data).
 """
 
 import json
-import math
 from typing import Callable, Optional
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+
+from transforms.dead_letter import to_json_value
 
 
 class ParquetSink(fileio.FileSink):
@@ -42,26 +43,11 @@ class ParquetSink(fileio.FileSink):
 
 
 class JsonLinesSink(fileio.TextSink):
-    """Write each record as one line of JSON (non-finite floats as strings)."""
+    """Write each record as one line of JSON (non-JSON values as faithful strings)."""
 
     def write(self, record):
-        self._fh.write(json.dumps(to_json_safe(record), sort_keys=True).encode("utf-8"))
+        self._fh.write(json.dumps(to_json_value(record), sort_keys=True).encode("utf-8"))
         self._fh.write(b"\n")
-
-
-def to_json_safe(value):
-    """Convert a value so that strict JSON can encode it without losing it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {str(key): to_json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_safe(item) for item in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 class WriteRows(beam.PTransform):

@@ -574,8 +574,8 @@ def _csv_options(columns: list, timestamp_column: str, size: int, invalid: list)
 
 def _parse_csv_batch(path: str, batch: list, columns: list, timestamp_column: str) -> _Chunk:
     # A line with an odd number of quote characters opens a quoted value that
-    # never closes on that line, and pyarrow would swallow the following
-    # lines into it; such lines are malformed on their own.
+    # never closes on that line, so pyarrow would read the following lines
+    # into it. Such a line is malformed on its own.
     unbalanced = []
     balanced = []
     for index, (number, line) in enumerate(batch):
@@ -608,8 +608,8 @@ def _parse_balanced_csv(path: str, batch: list, columns: list, timestamp_column:
         return _parse_csv_lines(path, batch, columns, timestamp_column)
 
     if table.num_rows + len(invalid) != len(batch):
-        # Every line must come out as a row or a malformed record; if pyarrow
-        # merged or dropped lines, fall back to one line at a time.
+        # Every line must come out as a row or a malformed record. If pyarrow
+        # merged or dropped lines, parse one line at a time instead.
         _LOGGER.info(
             "pyarrow read %d rows and %d invalid rows from %d lines %d to %d of %s; parsing one at a time.",
             table.num_rows, len(invalid), len(batch), batch[0][0], batch[-1][0], path,

@@ -11,7 +11,7 @@ class BeamFileSystem:
     """The model store's filesystem interface on Beam's ``FileSystems``.
 
     Local paths, ``gs://`` and ``hdfs://`` work alike. A write goes to a
-    temporary name and is renamed into place; on object stores the rename
+    temporary name and is renamed into place. On object stores the rename
     is a copy then a delete, which still never exposes a partial object
     under the final name.
     """

@@ -41,6 +41,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.userstate import TimerSpec
 from apache_beam.transforms.userstate import on_timer
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from ml.models import ModelSpec, build_model
 from ml.store import ModelStore, PublishedVersion
@@ -178,8 +179,6 @@ class AttachPaneInfo(beam.DoFn):
 
 
 def _timing_name(timing) -> str:
-    from apache_beam.utils.windowed_value import PaneInfoTiming
-
     return PaneInfoTiming.to_string(timing).lower()
 
 
@@ -239,9 +238,10 @@ class OnlineTrainer(beam.DoFn):
 
     Main output: one :class:`ServingRecord` per serving window that follows
     the first pane. Tagged output ``versions``: every accepted
-    :class:`PublishedVersion`. Weights live in the model store; the state
-    keeps the current version, so a runner that checkpoints state (Flink)
-    restores training from the store after a failure.
+    :class:`PublishedVersion`. Weights live in the model store and the state
+    keeps the current version, so a runner that checkpoints state can
+    restore training from the store after a failure. NOTE: that restore was
+    tested by reloading the DoFn from the store, not on a Flink failover.
     """
 
     # Panes are kept as pickled bytes: the SDK's state cache measures every
@@ -450,6 +450,8 @@ class OnlineTrainer(beam.DoFn):
         if factor is None or previous_number is None:
             return trainer, None
 
+        # Loaded from the store on each checked pane: two small files, and a
+        # cache would only help after a rejected update.
         previous_path = self._store.version_path(key, previous_number)
         previous = self._load_trainer(self._store.read_version(previous_path))
         current_loss = trainer.evaluate_loss(features, labels)
@@ -520,8 +522,8 @@ class OnlineTrainer(beam.DoFn):
 class TrainOnline(beam.PTransform):
     """Window events for training, group them into panes and train.
 
-    Returns a tagged result: the main output holds :class:`ServingRecord`s,
-    ``versions`` holds every published :class:`PublishedVersion` and
+    Returns a tagged result: the main output contains :class:`ServingRecord`s,
+    ``versions`` every published :class:`PublishedVersion` and
     ``drift`` the drift events (dicts) the trainer's detector raised.
     """
 
