@@ -1,4 +1,4 @@
-"""Where ``online_train`` spends its time, next to the plain loop, from cProfile.
+"""Profiles of ``online_train`` and the plain loop, from cProfile.
 
 The FnApiRunner runs the pipeline in the calling process, so one cProfile
 session records the runner, the SDK harness and the user code. Self time

@@ -2,10 +2,10 @@
 
 Each hypothesis example writes one file of thousands of fuzzed lines or
 rows, reads it with ``read_source_records`` and validates every record.
-The invariants: the reader and the validator never raise, every non-blank
-line (every Parquet row) comes out exactly once and in order, a line that
-cannot be parsed keeps its text, and the validation outcomes add up to the
-records read. One pipeline test checks the same sum in the DirectRunner's
+The invariants: the reader and the validator never raise, and every
+non-blank line (every Parquet row) comes out exactly once and in order. A
+line that cannot be parsed keeps its text, and the validation outcomes add
+up to the records read. One pipeline test checks the same sum in the DirectRunner's
 ``ValidateRecords`` metrics.
 """
 

@@ -39,7 +39,7 @@ _LOGGER = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 
-# Measured on 2 cores: the JobManager answers /overview after about 10 s and
+# Measured on 2 cores: the JobManager serves /overview after about 10 s and
 # the TaskManager registers a few seconds later.
 _STARTUP_TIMEOUT_S = 120
 _STOP_TIMEOUT_S = 30
