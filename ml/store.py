@@ -24,7 +24,7 @@ import os
 import posixpath
 import re
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -137,6 +137,8 @@ class ModelStore:
             raise ValueError("the model store root is empty; pass a directory such as 'output/models'.")
         self.root = root
         self.fs = filesystem or LocalFileSystem()
+        # Per model: the manifest bytes this store wrote last and their entries.
+        self._manifests: Dict[str, Tuple[bytes, Dict[int, str]]] = {}
 
     def version_path(self, model_name: str, version: int) -> str:
         return self.fs.join(self.root, validate_model_name(model_name), version_dir_name(version))
@@ -243,14 +245,30 @@ class ModelStore:
         # One trainer (one key) writes each model's manifest, so this
         # read-modify-write has no concurrent writer.
         manifest_path = self.fs.join(self.root, published.model_name, MANIFEST_FILE)
-        entries = []
-        if self.fs.exists(manifest_path):
-            entries = json.loads(self.fs.read_bytes(manifest_path))["versions"]
-        entries = [entry for entry in entries if entry["version"] != published.version]
-        entries.append(published.to_json_dict())
-        entries.sort(key=lambda entry: entry["version"])
-        manifest = {"model_name": published.model_name, "versions": entries}
-        self.fs.write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        current = self.fs.read_bytes(manifest_path) if self.fs.exists(manifest_path) else None
+        entries = self._manifest_entries(published.model_name, current)
+        entries[published.version] = json.dumps(published.to_json_dict(), sort_keys=True)
+
+        # The manifest is assembled from cached per-entry JSON, so a publish
+        # costs one write instead of parsing and re-encoding every entry: a
+        # long run publishes thousands of versions.
+        data = (
+            '{"model_name": ' + json.dumps(published.model_name) + ', "versions": [\n'
+            + ",\n".join(entries[version] for version in sorted(entries))
+            + "\n]}\n"
+        ).encode()
+        self.fs.write_bytes_atomic(manifest_path, data)
+        self._manifests[published.model_name] = (data, entries)
+
+    def _manifest_entries(self, model_name: str, current: Optional[bytes]) -> Dict[int, str]:
+        """Return the manifest's entries as JSON text by version, parsing only what this store did not write."""
+        if current is None:
+            return {}
+        cached = self._manifests.get(model_name)
+        if cached is not None and cached[0] == current:
+            return dict(cached[1])
+        entries = json.loads(current)["versions"]
+        return {entry["version"]: json.dumps(entry, sort_keys=True) for entry in entries}
 
 
 def _safetensors_metadata(data: bytes) -> dict:

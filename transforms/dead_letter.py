@@ -148,7 +148,8 @@ def _format_window_bound(timestamp: Timestamp) -> str:
     return text + "Z"
 
 
-def window_file_name(window, pane_index: int, shard: int, num_shards: int) -> str:
+def window_file_name(window, pane_index: int, shard: int, num_shards: int,
+                     prefix: str = FILE_PREFIX, suffix: str = FILE_SUFFIX) -> str:
     """Return the file name for one shard of one pane of one window."""
     if isinstance(window, beam_window.GlobalWindow):
         window_part = "global"
@@ -157,8 +158,35 @@ def window_file_name(window, pane_index: int, shard: int, num_shards: int) -> st
             f"{_format_window_bound(window.start)}-"
             f"{_format_window_bound(window.end)}")
     return (
-        f"{FILE_PREFIX}-{window_part}-pane-{pane_index:05d}-"
-        f"{shard:05d}-of-{num_shards:05d}{FILE_SUFFIX}")
+        f"{prefix}-{window_part}-pane-{pane_index:05d}-"
+        f"{shard:05d}-of-{num_shards:05d}{suffix}")
+
+
+def write_file_atomically(directory: str, name: str, data: bytes) -> str:
+    """Write ``data`` to ``directory/name`` through a temporary file; return the path.
+
+    Readers never see a partial file, and writing the same name again
+    replaces the file, so a retried bundle does not duplicate output.
+    """
+    path = FileSystems.join(directory, name)
+    # The temporary name starts with a dot and ends with .tmp, so a reader
+    # matching the final suffix never picks up a partial file.
+    temporary_path = FileSystems.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    with FileSystems.create(temporary_path) as file:
+        file.write(data)
+
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temporary_path], [path])
+    return path
+
+
+def make_directory(directory: str) -> None:
+    """Create ``directory`` unless it exists or the file system has no directories."""
+    try:
+        FileSystems.mkdirs(directory)
+    except IOError:
+        pass
 
 
 class _ToJsonLineFn(beam.DoFn):
@@ -194,11 +222,7 @@ class _WriteWindowFileFn(beam.DoFn):
         self._num_shards = num_shards
 
     def setup(self):
-        try:
-            FileSystems.mkdirs(self._directory)
-        except IOError:
-            # The directory exists already, or the file system has none.
-            pass
+        make_directory(self._directory)
 
     def process(
             self,
@@ -208,19 +232,8 @@ class _WriteWindowFileFn(beam.DoFn):
         shard, timestamped_lines = element
         lines = [line for _, line in sorted(timestamped_lines)]
         name = window_file_name(window, pane_info.index, shard, self._num_shards)
-        path = FileSystems.join(self._directory, name)
-        # The temporary name must not end with FILE_SUFFIX, or a reader
-        # could match a partial file.
-        temporary_path = FileSystems.join(
-            self._directory, f".{name}.{uuid.uuid4().hex}.tmp")
-
-        with FileSystems.create(temporary_path) as file:
-            for line in lines:
-                file.write(line.encode("utf-8") + b"\n")
-
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        FileSystems.rename([temporary_path], [path])
+        data = b"".join(line.encode("utf-8") + b"\n" for line in lines)
+        path = write_file_atomically(self._directory, name, data)
         _LOGGER.info("Wrote %d dead letters to %s", len(lines), path)
         yield path
 

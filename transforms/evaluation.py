@@ -10,6 +10,7 @@ import apache_beam as beam
 
 from ml.metrics import PrequentialAccumulator
 from transforms.inference import Prediction
+from transforms.records import Block
 
 
 class _WindowAccumulator:
@@ -32,7 +33,14 @@ class PrequentialMetricsFn(beam.CombineFn):
     def create_accumulator(self):
         return _WindowAccumulator(self.task)
 
-    def add_input(self, accumulator, prediction: Prediction):
+    def add_input(self, accumulator, element):
+        predictions = element.items if isinstance(element, Block) else (element,)
+        for prediction in predictions:
+            self._add_prediction(accumulator, prediction)
+        return accumulator
+
+    @staticmethod
+    def _add_prediction(accumulator, prediction: Prediction) -> None:
         accumulator.events += 1
         version = prediction.model_version
         accumulator.min_version = version if accumulator.min_version is None else min(accumulator.min_version, version)
@@ -41,7 +49,6 @@ class PrequentialMetricsFn(beam.CombineFn):
             accumulator.online.add(prediction.label, prediction.prediction)
             if prediction.baseline_prediction is not None:
                 accumulator.baseline.add(prediction.label, prediction.baseline_prediction)
-        return accumulator
 
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
@@ -76,7 +83,7 @@ class _AddWindowBounds(beam.DoFn):
 
 
 class PrequentialMetrics(beam.PTransform):
-    """Per-window metrics rows for windowed :class:`Prediction`s."""
+    """Per-window metrics rows for windowed :class:`Prediction`s (alone or in Blocks)."""
 
     def __init__(self, task: str):
         super().__init__()

@@ -35,7 +35,7 @@ from ml.backpressure import BatchSizeController, cuda_memory_probe, rss_memory_p
 from ml.models import CLASSIFICATION, ModelSpec, build_model
 from ml.oom import run_with_oom_split
 from ml.store import ModelStore, PublishedVersion
-from transforms.records import DeadLetter, Event
+from transforms.records import Block, DeadLetter, Event
 from transforms.store_io import BeamFileSystem
 from transforms.training import ServingRecord, set_torch_threads
 
@@ -279,11 +279,12 @@ class _VersionedInferenceDoFn(beam.DoFn):
         if self._backpressure.enabled:
             self._controller = self._backpressure.controller(resolve_device(self._device))
 
-    def process(self, batch: Sequence[Event], versions=()):
+    def process(self, batch, versions=()):
+        events = batch.items if isinstance(batch, Block) else batch
         versions = list(versions)
         by_version: Dict[int, list] = collections.defaultdict(list)
         chosen: Dict[int, PublishedVersion] = {}
-        for event in batch:
+        for event in events:
             if self._selection == "as_of":
                 version = select_as_of(event.event_time, versions, self._initial)
             else:
@@ -291,11 +292,22 @@ class _VersionedInferenceDoFn(beam.DoFn):
             by_version[version.version].append(event)
             chosen[version.version] = version
 
+        predictions = []
         for number in sorted(by_version):
-            events = by_version[number]
-            size = self._controller.batch_size if self._controller else len(events)
-            for start in range(0, len(events), size):
-                yield from self._predict(events[start:start + size], chosen[number])
+            selected = by_version[number]
+            size = self._controller.batch_size if self._controller else len(selected)
+            for start in range(0, len(selected), size):
+                served, dead_letters = self._predict(selected[start:start + size], chosen[number])
+                predictions.extend(served)
+                yield from dead_letters
+
+        if isinstance(batch, Block):
+            if predictions:
+                yield beam.window.TimestampedValue(
+                    Block(predictions), min(prediction.event_time for prediction in predictions))
+            return
+        for prediction in predictions:
+            yield beam.window.TimestampedValue(prediction, prediction.event_time)
 
     def _run_split(self, events, model):
         """Run the handler with split-and-retry; return the ``OomSplitResult`` and the latency in ms."""
@@ -311,7 +323,8 @@ class _VersionedInferenceDoFn(beam.DoFn):
         self.oom_splits.inc(outcome.splits)
         return outcome, latency_ms
 
-    def _predict(self, events, version: PublishedVersion):
+    def _predict(self, events, version: PublishedVersion) -> tuple:
+        """Return the predictions for ``events`` and dead-letter outputs for those that failed."""
         loads_before = self._cache.loads
         model = self._cache.get(version.path)
         outcome, latency_ms = self._run_split(events, model)
@@ -326,45 +339,46 @@ class _VersionedInferenceDoFn(beam.DoFn):
             baseline = {result.example.id: result.inference for result in baseline_outcome.predictions}
         self.model_loads.inc(self._cache.loads - loads_before)
 
-        for failure in outcome.failures:
-            self.oom_dead_letters.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, beam.window.TimestampedValue(
-                DeadLetter(
-                    record=failure.element._asdict(),
-                    reason_code="inference_out_of_memory",
-                    reason=f"Model version {version.version} ran out of memory on this event alone: "
-                           f"{failure.reason}",
-                    stage="inference",
-                ),
-                failure.element.event_time,
-            ))
-
+        dead_letters = [self._dead_letter(failure, version) for failure in outcome.failures]
+        self.oom_dead_letters.inc(len(dead_letters))
         served = outcome.predictions
         if not served:
-            return
+            return [], dead_letters
         self.events_served.inc(len(served))
         self.batch_latency_ms.update(int(latency_ms))
         self.batch_size.update(len(events))
         self._progress.update(len(served), max(event.event_time for event in events), version.version)
 
         processing_time = time.time()
+        predictions = []
         for result in served:
             event = result.example
-            yield beam.window.TimestampedValue(
-                Prediction(
-                    id=event.id,
-                    event_time=event.event_time,
-                    label=event.label,
-                    prediction=result.inference,
-                    predicted_class=_predicted_class(result.inference),
-                    model_version=version.version,
-                    training_watermark=version.training_watermark,
-                    baseline_prediction=baseline.get(event.id),
-                    inference_latency_ms=latency_ms,
-                    processing_time=processing_time,
-                ),
-                event.event_time,
-            )
+            predictions.append(Prediction(
+                id=event.id,
+                event_time=event.event_time,
+                label=event.label,
+                prediction=result.inference,
+                predicted_class=_predicted_class(result.inference),
+                model_version=version.version,
+                training_watermark=version.training_watermark,
+                baseline_prediction=baseline.get(event.id),
+                inference_latency_ms=latency_ms,
+                processing_time=processing_time,
+            ))
+        return predictions, dead_letters
+
+    @staticmethod
+    def _dead_letter(failure, version: PublishedVersion):
+        return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, beam.window.TimestampedValue(
+            DeadLetter(
+                record=failure.element._asdict(),
+                reason_code="inference_out_of_memory",
+                reason=f"Model version {version.version} ran out of memory on this event alone: "
+                       f"{failure.reason}",
+                stage="inference",
+            ),
+            failure.element.event_time,
+        ))
 
 
 def _predicted_class(output) -> Optional[int]:
@@ -387,13 +401,21 @@ class VersionedInference(beam.PTransform):
       published_versions: every :class:`PublishedVersion` (``latest``).
       initial_version: version 0, which serves until a trained version
         exists and is the frozen baseline.
+      blocks: the events arrive as :class:`Block`s, which are served as
+        they are instead of through ``BatchElements``; the predictions
+        leave as Blocks too.
+      reshuffle_side_input: pass the trainer's output through a Reshuffle
+        before it becomes the side input. Set it for batch pipelines, where
+        the FnApiRunner would otherwise duplicate the side input once per
+        timer round; leave it off in streaming.
     """
 
     def __init__(self, model_handler: ModelHandler, serving_window_s: float, initial_version: PublishedVersion,
                  serving_records=None, published_versions=None, model_selection: str = "as_of",
                  with_baseline: bool = True, max_cached_models: int = 4,
                  backpressure: BackpressureConfig = BackpressureConfig(), device: str = "cpu",
-                 torch_threads: Optional[int] = 1):
+                 torch_threads: Optional[int] = 1, blocks: bool = False,
+                 reshuffle_side_input: bool = False):
         super().__init__()
         if model_selection not in MODEL_SELECTIONS:
             raise ValueError(
@@ -413,12 +435,16 @@ class VersionedInference(beam.PTransform):
         self.backpressure = backpressure
         self.device = device
         self.torch_threads = torch_threads
+        self.blocks = blocks
+        self.reshuffle_side_input = reshuffle_side_input
 
     def expand(self, events):
         windowed = events | "WindowForServing" >> beam.WindowInto(
             beam.window.FixedWindows(self.serving_window_s)
         )
-        batches = windowed | "BatchEvents" >> beam.BatchElements(**self.model_handler.batch_elements_kwargs())
+        batches = windowed
+        if not self.blocks:
+            batches = windowed | "BatchEvents" >> beam.BatchElements(**self.model_handler.batch_elements_kwargs())
         do_fn = _VersionedInferenceDoFn(
             self.model_handler, self.initial_version, self.model_selection,
             self.with_baseline, self.max_cached_models, self.backpressure, self.device, self.torch_threads,
@@ -432,12 +458,26 @@ class VersionedInference(beam.PTransform):
             records = self.serving_records | "WindowServingRecords" >> beam.WindowInto(
                 beam.window.FixedWindows(self.serving_window_s)
             )
-            return beam.pvalue.AsList(records)
+            return beam.pvalue.AsList(self._materialized(records, "MaterializeServingRecords"))
 
         trigger = beam.trigger.Repeatedly(beam.trigger.AfterCount(1))
-        updates = self.published_versions | "WindowVersionUpdates" >> beam.WindowInto(
-            beam.window.GlobalWindows(),
-            trigger=trigger,
-            accumulation_mode=beam.trigger.AccumulationMode.ACCUMULATING,
+        updates = self._materialized(self.published_versions, "MaterializeVersionUpdates") | (
+            "WindowVersionUpdates" >> beam.WindowInto(
+                beam.window.GlobalWindows(),
+                trigger=trigger,
+                accumulation_mode=beam.trigger.AccumulationMode.ACCUMULATING,
+            )
         )
         return beam.pvalue.AsList(updates)
+
+    def _materialized(self, versions, label: str):
+        # The trainer emits from timers, so the FnApiRunner (Beam 2.77) runs
+        # its stage once per timer round and, after each round, appends the
+        # stage's whole output so far to the side input again: window k sees
+        # one copy of its record per later round, quadratic in the stream. A
+        # Reshuffle moves the side input into a stage that runs once. Only in
+        # batch: a streaming runner would make the side input ready later
+        # than the main input that needs it.
+        if not self.reshuffle_side_input:
+            return versions
+        return versions | label >> beam.Reshuffle()

@@ -56,3 +56,50 @@ class DeadLetter(NamedTuple):
     reason: str
     field: Optional[str] = None
     stage: str = "validate"
+
+
+class Block:
+    """Items of one event-time window slot, carried as one Beam element.
+
+    In block mode the pipeline moves records, events and predictions in
+    blocks, so Beam's per-element work (coding, timestamps, windowing) is
+    paid once per block instead of once per event. Every item of a block
+    falls into the same windows, which makes windowing the block by its
+    timestamp window each item as if it travelled alone. Blocks pickle as
+    one object: Beam's default coder would encode each NamedTuple item field
+    by field, about three times slower.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Block) and self.items == other.items
+
+    def __hash__(self) -> int:
+        return hash(self.items)
+
+    def __repr__(self) -> str:
+        return f"Block({len(self.items)} items)"
+
+    def __reduce__(self):
+        return Block, (self.items,)
+
+
+def unblock(elements) -> list:
+    """Return the items of ``elements``, with every Block expanded in place."""
+    items = []
+    for element in elements:
+        if isinstance(element, Block):
+            items.extend(element.items)
+        else:
+            items.append(element)
+    return items

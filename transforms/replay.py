@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -41,7 +41,8 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.records import SourceRecord
+from transforms.blocks import BlockConfig
+from transforms.records import Block, SourceRecord
 from transforms.sources import SourceConfig, read_source_records, resolve_source_config
 from transforms.timestamps import MIN_WATERMARK_SECONDS, to_beam_timestamp
 
@@ -309,10 +310,16 @@ def replay_records(source_config: SourceConfig, replay_config: ReplayConfig) -> 
     return tuple(replay_schedule(read_source_records(source_config), replay_config))
 
 
-def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
+def block_element(records: List[SourceRecord]) -> TimestampedValue:
+    """Return a block of replayed records, timestamped at its earliest record."""
+    return TimestampedValue(Block(records), min(record_timestamp(record) for record in records))
+
+
+def build_test_stream(schedule: Iterable[SourceRecord], blocks: Optional[BlockConfig] = None) -> TestStream:
     """Build a TestStream that replays a schedule.
 
-    Records with the same watermark are added as one batch. After each batch,
+    Records with the same watermark are added as one batch (of
+    :class:`Block`s when ``blocks`` is set). After each batch,
     processing time moves forward by the growth of the largest event time
     seen since the previous batch, so one second of event time is one second
     of processing time. Then the watermark advances to the next record's
@@ -327,7 +334,10 @@ def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
 
     def flush() -> None:
         nonlocal clock
-        stream.add_elements(batch)
+        if blocks is None:
+            stream.add_elements([TimestampedValue(record, record_timestamp(record)) for record in batch])
+        else:
+            stream.add_elements([block_element(part) for part in blocks.cut(batch, on_watermark=True)])
         batch.clear()
         if clock is not None and max_seen > clock:
             stream.advance_processing_time(max_seen - clock)
@@ -341,7 +351,7 @@ def build_test_stream(schedule: Iterable[SourceRecord]) -> TestStream:
             stream.advance_watermark_to(watermark)
             current = watermark
 
-        batch.append(TimestampedValue(record, record_timestamp(record)))
+        batch.append(record)
         if record.event_time is not None:
             max_seen = max(max_seen, record.event_time)
             if clock is None:
@@ -376,17 +386,27 @@ class _ReplayMetrics:
 class _ReplayRecordsFn(beam.DoFn):
     """Emit the whole schedule from one impulse, for bounded pipelines."""
 
-    def __init__(self, source_config: SourceConfig, replay_config: ReplayConfig):
+    def __init__(self, source_config: SourceConfig, replay_config: ReplayConfig,
+                 blocks: Optional[BlockConfig] = None):
         self._source_config = source_config
         self._replay_config = replay_config
+        self._blocks = blocks
 
     def setup(self):
         self._metrics = _ReplayMetrics()
 
     def process(self, unused_impulse):
-        for record in replay_records(self._source_config, self._replay_config):
+        schedule = replay_records(self._source_config, self._replay_config)
+        for record in schedule:
             self._metrics.count(record)
-            yield TimestampedValue(record, record_timestamp(record))
+        if self._blocks is None:
+            for record in schedule:
+                yield TimestampedValue(record, record_timestamp(record))
+            return
+        # Batch runners ignore the watermark schedule, so blocks are cut by
+        # window slot and size only; each record keeps its own watermark field.
+        for part in self._blocks.cut(schedule, on_watermark=False):
+            yield block_element(part)
 
 
 class _ReplayRestrictionProvider(RestrictionProvider):
@@ -418,6 +438,9 @@ class _ReplaySplittableFn(beam.DoFn):
     # NOTE: tested on the FnApiRunner in batch only. How closely Prism, Flink
     # and Dataflow follow the schedule in streaming has not been measured.
 
+    def __init__(self, blocks: Optional[BlockConfig] = None):
+        self._blocks = blocks
+
     def setup(self):
         self._metrics = _ReplayMetrics()
 
@@ -432,16 +455,45 @@ class _ReplaySplittableFn(beam.DoFn):
         schedule = replay_records(*element)
         position = tracker.current_restriction().start
 
-        while tracker.try_claim(position):
-            record = schedule[position]
-            _advance_watermark(watermark_estimator, record.watermark)
-            self._metrics.count(record)
-            yield TimestampedValue(record, record_timestamp(record))
+        while True:
+            claimed, complete = self._claim(schedule, position, tracker)
+            if claimed:
+                record = claimed[-1]
+                _advance_watermark(watermark_estimator, record.watermark)
+                for claimed_record in claimed:
+                    self._metrics.count(claimed_record)
+                if self._blocks is None:
+                    yield TimestampedValue(record, record_timestamp(record))
+                else:
+                    yield block_element(claimed)
+            if not complete:
+                return
 
-            position += 1
+            position += len(claimed)
             if position < len(schedule) and schedule[position].watermark > record.watermark:
                 tracker.defer_remainder()
                 return
+
+    def _claim(self, schedule, start: int, tracker) -> Tuple[List[SourceRecord], bool]:
+        """Claim the next record, or the records of the next block.
+
+        Returns the claimed records and whether all of them could be claimed;
+        a failed claim means the restriction ends there.
+        """
+        if self._blocks is None:
+            part = schedule[start:start + 1]
+        else:
+            part = next(self._blocks.cut(schedule[start:start + self._blocks.size], on_watermark=True), [])
+        claimed = []
+        for offset, record in enumerate(part):
+            if not tracker.try_claim(start + offset):
+                return claimed, False
+            claimed.append(record)
+        if not part:
+            # Claiming past the end tells the tracker that the restriction is done.
+            tracker.try_claim(start)
+            return claimed, False
+        return claimed, True
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, seconds: float) -> None:
@@ -470,6 +522,9 @@ class ReadEvents(beam.PTransform):
     * ``"sdf"``: a splittable DoFn over arrival positions whose watermark
       estimator follows the schedule, for Prism, Flink and Dataflow in
       streaming. It also runs in batch.
+
+    With ``blocks`` set, the elements are :class:`Block`s of SourceRecords cut
+    by :meth:`BlockConfig.cut`, each timestamped at its earliest record.
     """
 
     def __init__(
@@ -477,6 +532,7 @@ class ReadEvents(beam.PTransform):
         source_config: SourceConfig,
         replay_config: Optional[ReplayConfig] = None,
         mode: str = "batch",
+        blocks: Optional[BlockConfig] = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -487,6 +543,7 @@ class ReadEvents(beam.PTransform):
         self._source_config = source_config
         self._replay_config = replay_config or ReplayConfig()
         self._mode = mode
+        self._blocks = blocks
 
     def expand(self, pbegin):
         # Resolving reads file headers, so a bad column name fails here, at
@@ -496,17 +553,17 @@ class ReadEvents(beam.PTransform):
 
         if self._mode == "teststream":
             schedule = replay_records(source_config, replay_config)
-            return pbegin | "ReplayTestStream" >> build_test_stream(schedule)
+            return pbegin | "ReplayTestStream" >> build_test_stream(schedule, self._blocks)
 
         impulse = pbegin | "Impulse" >> beam.Impulse()
         if self._mode == "batch":
             return impulse | "ReplayRecords" >> beam.ParDo(
-                _ReplayRecordsFn(source_config, replay_config)
+                _ReplayRecordsFn(source_config, replay_config, self._blocks)
             )
         return (
             impulse
             | "AttachConfig" >> beam.Map(lambda _: (source_config, replay_config))
-            | "ReplaySplittable" >> beam.ParDo(_ReplaySplittableFn())
+            | "ReplaySplittable" >> beam.ParDo(_ReplaySplittableFn(self._blocks))
         )
 
 

@@ -1,62 +1,96 @@
 """File sinks that work in batch and streaming: Parquet and JSON Lines.
 
-Both go through ``fileio.WriteToFiles``, which writes one set of shards
-per window and pane, so they work on unbounded input as long as the input
-is windowed (every caller here writes event-time windowed data).
+``WriteRows`` groups the rows of each window pane and writes them as one
+file named after the window and pane, through a temporary file and a
+rename. It works on unbounded input as long as the input is windowed
+(every caller here writes event-time windowed data), and a retried bundle
+rewrites the same file instead of adding one. Compared with
+``fileio.WriteToFiles``, it skips the per-bundle listing of temporary
+directories, which grows with the number of files written, and the type
+inference of its internal steps at pipeline construction.
 """
 
+import io
 import json
-from typing import Callable, Optional
+import logging
+from typing import Any, Callable, List, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 
-from transforms.dead_letter import to_json_value
+from transforms.dead_letter import make_directory, to_json_value, window_file_name, write_file_atomically
+from transforms.records import Block, unblock
+
+_LOGGER = logging.getLogger(__name__)
+
+FILE_FORMATS = ("parquet", "jsonl")
 
 
-class ParquetSink(fileio.FileSink):
-    """Buffer rows and write them as one Parquet file per shard.
+def encode_parquet(rows: List[dict], schema: pa.Schema) -> bytes:
+    """Encode rows (dicts) as one Parquet file with ``schema``."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
+    return buffer.getvalue()
 
-    Parquet needs the whole row group before writing, so rows are buffered
-    in memory per open file; WriteToFiles opens one file per window and
-    shard, which bounds the buffer by a window's rows.
-    """
 
-    def __init__(self, schema: pa.Schema):
+def encode_json_lines(rows: List[Any]) -> bytes:
+    """Encode each row as one line of JSON (non-JSON values as faithful strings)."""
+    return b"".join(
+        json.dumps(to_json_value(row), sort_keys=True).encode("utf-8") + b"\n" for row in rows
+    )
+
+
+def _convert(element, to_row: Callable):
+    if isinstance(element, Block):
+        return Block([to_row(item) for item in element.items])
+    return to_row(element)
+
+
+def _key_for_grouping(element) -> Tuple[int, Any]:
+    # One shard per window pane: a window's rows fit in one worker's memory.
+    return 0, element
+
+
+class _WriteWindowRowsFn(beam.DoFn):
+    """Write the grouped rows of one window pane to one file."""
+
+    def __init__(self, directory: str, file_format: str, schema: Optional[pa.Schema], prefix: str):
+        self._directory = directory
+        self._file_format = file_format
         self._schema = schema
-        self._rows = []
-        self._file = None
+        self._prefix = prefix
 
-    def open(self, fh):
-        self._file = fh
-        self._rows = []
+    def setup(self):
+        make_directory(self._directory)
 
-    def write(self, record):
-        self._rows.append(record)
+    def process(self, element, window=beam.DoFn.WindowParam, pane_info=beam.DoFn.PaneInfoParam):
+        _, grouped = element
+        rows = unblock(grouped)
+        if self._file_format == "parquet":
+            data = encode_parquet(rows, self._schema)
+        else:
+            data = encode_json_lines(rows)
 
-    def flush(self):
-        table = pa.Table.from_pylist(self._rows, schema=self._schema)
-        pq.write_table(table, self._file)
-        self._rows = []
-
-
-class JsonLinesSink(fileio.TextSink):
-    """Write each record as one line of JSON (non-JSON values as faithful strings)."""
-
-    def write(self, record):
-        self._fh.write(json.dumps(to_json_value(record), sort_keys=True).encode("utf-8"))
-        self._fh.write(b"\n")
+        name = window_file_name(window, pane_info.index, 0, 1, prefix=self._prefix, suffix=f".{self._file_format}")
+        path = write_file_atomically(self._directory, name, data)
+        _LOGGER.debug("Wrote %d rows to %s", len(rows), path)
+        yield path
 
 
 class WriteRows(beam.PTransform):
-    """Write windowed rows (dicts) under ``directory`` as Parquet or JSON Lines."""
+    """Write windowed rows (dicts) under ``directory`` as Parquet or JSON Lines.
+
+    Each window pane becomes one file, ``<prefix>-<window>-pane-<index>-00000-of-00001.<format>``.
+    Elements may be :class:`Block`s; ``to_row`` then converts each item, and
+    the rows of a block are written together. The output is the
+    PCollection of written file paths.
+    """
 
     def __init__(self, directory: str, file_format: str, schema: Optional[pa.Schema] = None,
                  to_row: Optional[Callable] = None, prefix: str = "part"):
         super().__init__()
-        if file_format not in ("parquet", "jsonl"):
+        if file_format not in FILE_FORMATS:
             raise ValueError(f"file_format must be 'parquet' or 'jsonl', got {file_format!r}.")
         if file_format == "parquet" and schema is None:
             raise ValueError("a Parquet sink needs a pyarrow schema.")
@@ -69,13 +103,11 @@ class WriteRows(beam.PTransform):
     def expand(self, records):
         rows = records
         if self.to_row is not None:
-            rows = records | "ToRow" >> beam.Map(self.to_row)
-
-        schema = self.schema
-        sink = (lambda _: ParquetSink(schema)) if self.file_format == "parquet" else (lambda _: JsonLinesSink())
-        return rows | "WriteFiles" >> fileio.WriteToFiles(
-            path=self.directory,
-            sink=sink,
-            file_naming=fileio.default_file_naming(self.prefix, f".{self.file_format}"),
-            shards=1,
+            rows = records | "ToRow" >> beam.Map(_convert, self.to_row)
+        return (
+            rows
+            | "KeyForGrouping" >> beam.Map(_key_for_grouping)
+            | "GroupByWindow" >> beam.GroupByKey()
+            | "WriteFiles" >> beam.ParDo(
+                _WriteWindowRowsFn(self.directory, self.file_format, self.schema, self.prefix))
         )

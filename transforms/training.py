@@ -46,7 +46,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from ml.models import ModelSpec, build_model
 from ml.store import ModelStore, PublishedVersion
 from ml.trainer import IncrementalTrainer, TrainerConfig
-from transforms.records import Event
+from transforms.records import Event, unblock
 from transforms.store_io import BeamFileSystem
 
 _LOGGER = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def publish_initial_model(config: TrainingConfig, store: ModelStore) -> Publishe
 
 
 class AttachPaneInfo(beam.DoFn):
-    """Turn a grouped (key, events) pair into a (key, Pane) pair."""
+    """Turn a grouped (key, events) pair into a (key, Pane) pair; Blocks of events are expanded."""
 
     def process(
         self,
@@ -162,7 +162,7 @@ class AttachPaneInfo(beam.DoFn):
         pane_info=beam.DoFn.PaneInfoParam,
     ):
         key, events = element
-        ordered = tuple(sorted(events, key=lambda event: (event.event_time, event.id)))
+        ordered = tuple(sorted(unblock(events), key=lambda event: (event.event_time, event.id)))
         window_start, window_end = float(window.start), float(window.end)
         if isinstance(window, beam.window.GlobalWindow):
             # A global-window pane never ends; it is released once the
@@ -188,6 +188,21 @@ def _pane_key(pane: Pane) -> tuple:
 
 def _release_order(pane: Pane) -> tuple:
     return (pane.window_end, pane.window_start, pane.pane_index)
+
+
+class _Progress(NamedTuple):
+    """The trainer's scalar state for one key.
+
+    ``generation`` counts changes to the pane buffer, ``version`` is the
+    newest accepted version (None until the first), ``served_until`` is the
+    end of the last serving window emitted and ``timer_at`` the pending
+    release timer's time (None when the chain has stopped).
+    """
+
+    generation: int = 0
+    version: Optional[PublishedVersion] = None
+    served_until: Optional[float] = None
+    timer_at: Optional[float] = None
 
 
 class _PaneBuffer:
@@ -249,10 +264,10 @@ class OnlineTrainer(beam.DoFn):
     # fraction of walking every event of every buffered pane.
     PANES = BagStateSpec("panes", BytesCoder())
     RELEASED = BagStateSpec("released_pane_keys", PickleCoder())
-    GENERATION = ReadModifyWriteStateSpec("pane_generation", PickleCoder())
-    CURRENT = ReadModifyWriteStateSpec("current_version", PickleCoder())
-    SERVED_UNTIL = ReadModifyWriteStateSpec("served_until", PickleCoder())
-    TIMER_AT = ReadModifyWriteStateSpec("timer_at", PickleCoder())
+    # The scalar state lives in one value because each state write costs the
+    # SDK's state cache an objsize walk of about a millisecond (Beam 2.77),
+    # whatever the value's size, and a timer firing used to make eight.
+    PROGRESS = ReadModifyWriteStateSpec("trainer_progress", PickleCoder())
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
     def __init__(self, config: TrainingConfig, initial_version: PublishedVersion, filesystem=None):
@@ -276,7 +291,7 @@ class OnlineTrainer(beam.DoFn):
         self._cached: Optional[Tuple[int, IncrementalTrainer]] = None
         self._buffers: Dict[Any, _PaneBuffer] = {}
 
-    def _buffer(self, key, panes, released, generation) -> "_PaneBuffer":
+    def _buffer(self, key, panes, released, progress: "_Progress") -> "_PaneBuffer":
         """Return the in-memory view of the key's waiting panes, rebuilt if stale.
 
         The bag of panes is append-only between compactions, and released
@@ -286,11 +301,10 @@ class OnlineTrainer(beam.DoFn):
         After a restart, or when a key moves between instances, it does not
         match and the view is rebuilt from both bags.
         """
-        state_generation = generation.read() or 0
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.generation != state_generation:
+        if buffer is None or buffer.generation != progress.generation:
             logged = (pickle.loads(data) for data in panes.read())
-            buffer = _PaneBuffer.rebuild(logged, released.read(), state_generation)
+            buffer = _PaneBuffer.rebuild(logged, released.read(), progress.generation)
             self._buffers[key] = buffer
         return buffer
 
@@ -300,27 +314,24 @@ class OnlineTrainer(beam.DoFn):
         key=beam.DoFn.KeyParam,
         panes=beam.DoFn.StateParam(PANES),
         released=beam.DoFn.StateParam(RELEASED),
-        generation=beam.DoFn.StateParam(GENERATION),
-        served_until=beam.DoFn.StateParam(SERVED_UNTIL),
-        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        progress_state=beam.DoFn.StateParam(PROGRESS),
         release=beam.DoFn.TimerParam(RELEASE),
     ):
         _, pane = element
-        buffer = self._buffer(key, panes, released, generation)
+        progress = progress_state.read() or _Progress()
+        buffer = self._buffer(key, panes, released, progress)
         panes.add(pickle.dumps(pane, protocol=pickle.HIGHEST_PROTOCOL))
         buffer.add(pane)
-        generation.write(buffer.generation)
-        if timer_at.read() is not None:
-            return
-
-        # Start (or, after the end of a bounded stream, restart) the chain at
-        # the first serving window that this pane's labels may serve.
-        fire_at = next_serving_boundary(pane.window_end, self.config.serving_window_s)
-        already_served = served_until.read()
-        if already_served is not None:
-            fire_at = max(fire_at, already_served)
-        release.set(Timestamp(fire_at))
-        timer_at.write(fire_at)
+        progress = progress._replace(generation=buffer.generation)
+        if progress.timer_at is None:
+            # Start (or, after the end of a bounded stream, restart) the chain
+            # at the first serving window that this pane's labels may serve.
+            fire_at = next_serving_boundary(pane.window_end, self.config.serving_window_s)
+            if progress.served_until is not None:
+                fire_at = max(fire_at, progress.served_until)
+            release.set(Timestamp(fire_at))
+            progress = progress._replace(timer_at=fire_at)
+        progress_state.write(progress)
 
     @on_timer(RELEASE)
     def release_panes(
@@ -329,28 +340,26 @@ class OnlineTrainer(beam.DoFn):
         fire_timestamp=beam.DoFn.TimestampParam,
         panes=beam.DoFn.StateParam(PANES),
         released=beam.DoFn.StateParam(RELEASED),
-        generation=beam.DoFn.StateParam(GENERATION),
-        current=beam.DoFn.StateParam(CURRENT),
-        served_until=beam.DoFn.StateParam(SERVED_UNTIL),
-        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        progress_state=beam.DoFn.StateParam(PROGRESS),
         release=beam.DoFn.TimerParam(RELEASE),
     ):
         window_s = self.config.serving_window_s
         window_start = float(fire_timestamp)
 
-        buffer = self._buffer(key, panes, released, generation)
+        progress = progress_state.read() or _Progress()
+        buffer = self._buffer(key, panes, released, progress)
         ready = buffer.release_until(window_start)
         waiting = buffer.waiting
 
-        version = current.read() or self.initial_version
+        accepted = progress.version
         for pane in ready:
-            published = self._train_on_pane(key, version, pane)
+            published = self._train_on_pane(key, accepted or self.initial_version, pane)
             if published is not None:
-                version = published
-                current.write(version)
+                accepted = published
                 yield beam.pvalue.TaggedOutput(
-                    VERSIONS_TAG, beam.window.TimestampedValue(version, window_start)
+                    VERSIONS_TAG, beam.window.TimestampedValue(accepted, window_start)
                 )
+        version = accepted or self.initial_version
 
         # Drift events take the timer's time, not their own event time,
         # because the timer holds the output watermark at window_start.
@@ -367,17 +376,20 @@ class OnlineTrainer(beam.DoFn):
             else:
                 for pane in ready:
                     released.add(_pane_key(pane))
-            generation.write(buffer.generation)
 
         yield beam.window.TimestampedValue(ServingRecord(window_start, version), window_start)
-        served_until.write(window_start + window_s)
 
+        timer_at = None
         end_of_stream = self.config.end_of_stream
         if waiting or end_of_stream is None or window_start <= end_of_stream:
-            release.set(Timestamp(window_start + window_s))
-            timer_at.write(window_start + window_s)
-        else:
-            timer_at.clear()
+            timer_at = window_start + window_s
+            release.set(Timestamp(timer_at))
+        progress_state.write(_Progress(
+            generation=buffer.generation,
+            version=accepted,
+            served_until=window_start + window_s,
+            timer_at=timer_at,
+        ))
 
     def _train_on_pane(self, key, version: PublishedVersion, pane: Pane) -> Optional[PublishedVersion]:
         labelled = [event for event in pane.events if event.label is not None]
