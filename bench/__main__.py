@@ -1,23 +1,31 @@
 """Benchmark ``online_train`` against a plain PyTorch loop, River and stock RunInference.
 
-    python -m bench                 # the default sizes, about ten minutes on 2 cores
+    python -m bench                 # the default sizes, about 20 minutes on 2 cores (an estimate)
     python -m bench --quick         # tiny sizes, a smoke run
-    python -m bench --engines=fnapi --max_events=50000
+    python -m bench --engines=fnapi --max_events=50000 --block_max_events=500000
+
+Each engine runs ``online_train`` twice: per event (``--block_size=0``)
+and in block mode (``--block_size``, 256 events per Beam element by
+default) on a longer stream (``--block_max_events``), so that start-up
+costs do not dominate the headline ratio. The plain loop runs on every
+stream length, and each row's ``vs plain loop`` compares equal lengths.
 
 Everything except the memory scan runs in this one process, one case after
 the other, so ratios between cases share the machine's load at the time.
-Results are printed as a table and appended to ``<docs_dir>/benchmarks.md``
-with a plot under ``<docs_dir>/img/``.
+The memory scan starts one child process per engine, block size and stream
+length. Results are printed as a table and appended to
+``<docs_dir>/benchmarks.md`` with a plot under ``<docs_dir>/img/``.
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -28,34 +36,66 @@ from bench import profiling
 from bench import report
 from bench import throughput
 from bench import workload as workload_lib
-from bench.results import Row, markdown_table
+from bench.results import Row, markdown_table, mode_label
 
 _LOGGER = logging.getLogger("bench")
 
 PLOT_NAME = "benchmarks.png"
 QUICK_EVENTS = 600
 QUICK_MEMORY_SIZES = (600,)
+DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MEMORY_SIZES = (10_000, 30_000, 100_000)
-LARGE_MEMORY_SIZES = (1_000_000, 10_000_000)
+DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
+DEFAULT_STREAMING_BLOCK_MEMORY_SIZES = (10_000, 100_000)
+LARGE_BLOCK_MEMORY_SIZES = (10_000_000,)
+
+
+def _size_list(sizes) -> str:
+    return ",".join(str(size) for size in sizes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help=f"Tiny sizes ({QUICK_EVENTS} events, memory at {QUICK_MEMORY_SIZES}) and no warm-up, "
-                             "for a smoke run; the numbers mean little.")
+                        help=f"Tiny sizes ({QUICK_EVENTS} events for every run and memory scan) "
+                             "and no warm-up, for a smoke run; the numbers mean little.")
     parser.add_argument("--dataset", default="sea", help="A classification stream of online_train's --dataset.")
     parser.add_argument("--max_events", type=int, default=20_000,
-                        help="Events per throughput, inference and profile run.")
+                        help="Stream length (events) of the per-event throughput runs, the inference runs and the "
+                             "per-event profile.")
     parser.add_argument("--streaming_max_events", type=int, default=5_000,
-                        help="Events per run on the legacy streaming DirectRunner, which is slower.")
+                        help="Stream length (events) of the per-event run on the legacy streaming DirectRunner, "
+                             "which is slower.")
+    parser.add_argument("--block_size", type=int, default=DEFAULT_BLOCK_SIZE,
+                        help="online_train's --block_size for the block-mode rows: events per Beam element. "
+                             "Every engine also runs per event (--block_size=0).")
+    parser.add_argument("--block_max_events", type=int, default=200_000,
+                        help="Stream length (events) of the block-mode throughput runs and profile, long enough that "
+                             "start-up costs do not dominate; the plain loop runs again on as many events.")
+    parser.add_argument("--streaming_block_max_events", type=int, default=50_000,
+                        help="Stream length (events) of the block-mode run on the legacy streaming DirectRunner.")
+    parser.add_argument("--long_window", default="fixed:1h",
+                        help="A longer training window for one more block-mode run on the FnApiRunner and its own "
+                             "plain loop, at --block_max_events: the job publishes, reloads and writes once per "
+                             "window, so this row shows what those per-window costs take. Empty to skip.")
     parser.add_argument("--engines", default=",".join(engines_lib.ENGINE_NAMES),
-                        help=f"Comma-separated engines out of {','.join(engines_lib.ENGINE_NAMES)}.")
-    parser.add_argument("--memory_sizes", default=",".join(str(size) for size in DEFAULT_MEMORY_SIZES),
-                        help="Comma-separated stream lengths of the memory scan (one child process each).")
+                        help=f"Comma-separated engines out of {','.join(engines_lib.ENGINE_NAMES)}. The memory "
+                             "scan covers fnapi and streaming among them; the profile always uses fnapi.")
+    parser.add_argument("--memory_sizes", default=_size_list(DEFAULT_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the per-event FnApiRunner memory scan (one child "
+                             "process each; empty to skip). It stops at 10^5 because 10^6 events, one per element, "
+                             "would take about 7 minutes (an estimate from 2,300 events/s at 10^5 on 2 cores).")
+    parser.add_argument("--block_memory_sizes", default=_size_list(DEFAULT_BLOCK_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the FnApiRunner memory scan in block mode "
+                             "(empty to skip).")
+    parser.add_argument("--streaming_block_memory_sizes", default=_size_list(DEFAULT_STREAMING_BLOCK_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the streaming DirectRunner memory scan in block "
+                             "mode (empty to skip).")
     parser.add_argument("--large", action="store_true",
-                        help=f"Add {LARGE_MEMORY_SIZES} events to the memory scan (hours on 2 cores).")
+                        help=f"Add {_size_list(LARGE_BLOCK_MEMORY_SIZES)} events to the FnApiRunner block-mode "
+                             "memory scan: about an hour on 2 cores, an estimate from 4,200 events/s at 5x10^4 events "
+                             "in blocks of 256.")
     parser.add_argument("--torch_threads", type=int, default=1,
                         help="torch intra-op threads for every case; 1 suits these small models on a shared CPU.")
     parser.add_argument("--docs_dir", default="docs",
@@ -64,20 +104,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sizes(args) -> Dict[str, object]:
-    if args.quick:
-        return {"events": QUICK_EVENTS, "streaming_events": QUICK_EVENTS, "memory": list(QUICK_MEMORY_SIZES)}
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Stream lengths (events) of one benchmark run, per engine and mode."""
+
+    events: int
+    streaming_events: int
+    block_events: int
+    streaming_block_events: int
+    memory_scans: Tuple[memory.MemoryScan, ...]
+
+    def events_for(self, engine: engines_lib.Engine, block_size: int) -> int:
+        """Return the stream length of ``online_train`` on ``engine``, per event (0) or in blocks."""
+        if engine.name == "streaming":
+            return self.streaming_block_events if block_size else self.streaming_events
+        return self.block_events if block_size else self.events
+
+
+def _parse_sizes(flag: str, value: str) -> Tuple[int, ...]:
     try:
-        memory_sizes = [int(size) for size in args.memory_sizes.split(",") if size.strip()]
+        sizes = tuple(int(size) for size in value.split(",") if size.strip())
     except ValueError:
-        raise ValueError(f"--memory_sizes {args.memory_sizes!r} is not a comma-separated list of "
-                         "integers, for example --memory_sizes=10000,100000.") from None
-    if args.large:
-        memory_sizes += list(LARGE_MEMORY_SIZES)
-    for name, value in (("--max_events", args.max_events), ("--streaming_max_events", args.streaming_max_events)):
-        if value < 100:
-            raise ValueError(f"{name} must be at least 100 events to measure anything, got {value}.")
-    return {"events": args.max_events, "streaming_events": args.streaming_max_events, "memory": memory_sizes}
+        raise ValueError(f"{flag} {value!r} is not a comma-separated list of integers, "
+                         f"for example {flag}=10000,100000.") from None
+    for size in sizes:
+        if size < 1:
+            raise ValueError(f"{flag} must list positive stream lengths, got {size}. "
+                             f"Leave it empty ({flag}=) to skip that scan.")
+    return sizes
+
+
+def _sizes(args, engine_names: List[str]) -> Sizes:
+    """Check the size flags; return the stream lengths of this run."""
+    if args.block_size < 1:
+        raise ValueError(f"--block_size must be at least 1 event per element, got {args.block_size}. "
+                         f"The per-event rows always run, so pick a block size such as "
+                         f"--block_size={DEFAULT_BLOCK_SIZE}.")
+    if args.quick:
+        memory_sizes = block_memory_sizes = streaming_block_memory_sizes = QUICK_MEMORY_SIZES
+        events = streaming_events = block_events = streaming_block_events = QUICK_EVENTS
+    else:
+        memory_sizes = _parse_sizes("--memory_sizes", args.memory_sizes)
+        block_memory_sizes = _parse_sizes("--block_memory_sizes", args.block_memory_sizes)
+        streaming_block_memory_sizes = _parse_sizes("--streaming_block_memory_sizes",
+                                                    args.streaming_block_memory_sizes)
+        if args.large:
+            block_memory_sizes += LARGE_BLOCK_MEMORY_SIZES
+        events, streaming_events = args.max_events, args.streaming_max_events
+        block_events, streaming_block_events = args.block_max_events, args.streaming_block_max_events
+        for name, value in (("--max_events", events), ("--streaming_max_events", streaming_events),
+                            ("--block_max_events", block_events),
+                            ("--streaming_block_max_events", streaming_block_events)):
+            if value < 100:
+                raise ValueError(f"{name} must be at least 100 events to measure anything, got {value}.")
+
+    scans = []
+    if "fnapi" in engine_names:
+        scans += [memory.MemoryScan("fnapi", 0, memory_sizes),
+                  memory.MemoryScan("fnapi", args.block_size, block_memory_sizes)]
+    if "streaming" in engine_names:
+        scans.append(memory.MemoryScan("streaming", args.block_size, streaming_block_memory_sizes))
+    return Sizes(events, streaming_events, block_events, streaming_block_events,
+                 tuple(scan for scan in scans if scan.sizes))
 
 
 def _guarded(rows: List[Row], section: str, case: str, engine: str, function: Callable) -> None:
@@ -91,19 +179,24 @@ def _guarded(rows: List[Row], section: str, case: str, engine: str, function: Ca
     rows.extend(result if isinstance(result, (list, tuple)) else [result])
 
 
-def _warm_up(dataset: str) -> None:
+def _warm_up(dataset: str, block_size: int) -> None:
     """Pay one-off costs (lazy imports, first optimizer step, runner start) before timing."""
     started = time.perf_counter()
     small = workload_lib.prepare_workload(dataset, 300)
     throughput.run_plain_loop(small)
     engine = engines_lib.resolve_engines(["fnapi"])[0]
-    with tempfile.TemporaryDirectory() as output_dir:
-        throughput.run_online_train(small, engine, output_dir)
+    for size in (0, block_size):
+        with tempfile.TemporaryDirectory() as output_dir:
+            throughput.run_online_train(small, engine, output_dir, size)
     _LOGGER.info("Warm-up took %.1f s.", time.perf_counter() - started)
 
 
-def run_throughput(workloads: Dict[int, workload_lib.Workload], engines, events_for) -> List[Row]:
-    """Plain loop and River per stream size, then online_train per engine."""
+def run_throughput(workloads: Dict[int, workload_lib.Workload], engines, sizes: Sizes, block_size: int) -> List[Row]:
+    """Plain loop and River per stream size, then online_train per engine, per event and in blocks.
+
+    The plain loop runs on every stream length, so that each ``vs plain
+    loop`` ratio compares two runs over the same events.
+    """
     rows: List[Row] = []
     plain_rate = {}
     for size, workload in sorted(workloads.items()):
@@ -112,13 +205,15 @@ def run_throughput(workloads: Dict[int, workload_lib.Workload], engines, events_
         rows += [end_to_end, model_only]
 
     for engine in engines:
-        if engine.unavailable:
-            rows.append(Row("throughput", "online_train", engine.name, detail=f"skipped: {engine.unavailable}"))
-            continue
-        workload = workloads[events_for(engine)]
-        with tempfile.TemporaryDirectory() as output_dir:
-            _guarded(rows, "throughput", "online_train", engine.name,
-                     lambda: throughput.run_online_train(workload, engine, output_dir))
+        for mode in (0, block_size):
+            case = f"online_train, {mode_label(mode)}"
+            if engine.unavailable:
+                rows.append(Row("throughput", case, engine.name, detail=f"skipped: {engine.unavailable}"))
+                continue
+            workload = workloads[sizes.events_for(engine, mode)]
+            with tempfile.TemporaryDirectory() as output_dir:
+                _guarded(rows, "throughput", case, engine.name,
+                         lambda: throughput.run_online_train(workload, engine, output_dir, mode))
 
     largest = workloads[max(workloads)]
     for name, factory in throughput.river_learners():
@@ -130,6 +225,27 @@ def run_throughput(workloads: Dict[int, workload_lib.Workload], engines, events_
             row.no_change_accuracy = no_change[row.events]
         if row.events_per_s is not None and row.events in plain_rate and row.case != "plain PyTorch loop, model only":
             row.vs_plain = row.events_per_s / plain_rate[row.events]
+    return rows
+
+
+def run_long_window(args, sizes: Sizes, engines) -> List[Row]:
+    """Run the plain loop and block-mode online_train on the FnApiRunner with ``--long_window``."""
+    fnapi = [engine for engine in engines if engine.name == "fnapi" and not engine.unavailable]
+    if not args.long_window or not fnapi:
+        return []
+
+    workload = workload_lib.prepare_workload(args.dataset, sizes.block_events, window=args.long_window)
+    plain, _ = throughput.run_plain_loop(workload)
+    rows: List[Row] = []
+    with tempfile.TemporaryDirectory() as output_dir:
+        _guarded(rows, "throughput", f"online_train, {mode_label(args.block_size)}", "fnapi",
+                 lambda: throughput.run_online_train(workload, fnapi[0], output_dir, args.block_size))
+
+    rows.insert(0, plain)
+    for row in rows:
+        row.case = f"{row.case}, {args.long_window} windows"
+        if row.section == "throughput" and row.events_per_s is not None:
+            row.vs_plain = row.events_per_s / plain.events_per_s
     return rows
 
 
@@ -150,14 +266,28 @@ def run_inference(workload: workload_lib.Workload, engines) -> List[Row]:
     return rows
 
 
+def prepare_workloads(dataset: str, engines, sizes: Sizes, block_size: int) -> Dict[int, workload_lib.Workload]:
+    """Read and validate each stream length that some case needs, once.
+
+    The profile always needs ``sizes.events`` and ``sizes.block_events``,
+    because it runs on the FnApiRunner whatever ``--engines`` lists.
+    """
+    lengths = {sizes.events, sizes.block_events}
+    for engine in engines:
+        if not engine.unavailable:
+            lengths |= {sizes.events_for(engine, 0), sizes.events_for(engine, block_size)}
+    return {length: workload_lib.prepare_workload(dataset, length) for length in sorted(lengths)}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for name in ("apache_beam", "pipelines", "transforms", "ml"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        sizes = _sizes(args)
-        engines = engines_lib.resolve_engines([name.strip() for name in args.engines.split(",") if name.strip()])
+        engine_names = [name.strip() for name in args.engines.split(",") if name.strip()]
+        engines = engines_lib.resolve_engines(engine_names)
+        sizes = _sizes(args, engine_names)
     except ValueError as error:
         _LOGGER.error("%s", error)
         return 2
@@ -172,32 +302,26 @@ def main(argv=None) -> int:
             print(f"Skipping {engine.name}: {engine.unavailable}.")
 
     if not args.quick:
-        _warm_up(args.dataset)
-    events_for = lambda engine: sizes["streaming_events"] if engine.name == "streaming" else sizes["events"]
-    workloads = {}
-    for engine in engines:
-        size = events_for(engine)
-        if size not in workloads:
-            workloads[size] = workload_lib.prepare_workload(args.dataset, size)
-    if sizes["events"] not in workloads:
-        workloads[sizes["events"]] = workload_lib.prepare_workload(args.dataset, sizes["events"])
-    main_workload = workloads[sizes["events"]]
+        _warm_up(args.dataset, args.block_size)
+    workloads = prepare_workloads(args.dataset, engines, sizes, args.block_size)
 
-    rows = run_throughput(workloads, engines, events_for)
+    rows = run_throughput(workloads, engines, sizes, args.block_size)
+    rows += run_long_window(args, sizes, engines)
     _LOGGER.info("Throughput done.")
-    rows += run_inference(main_workload, engines)
+    rows += run_inference(workloads[sizes.events], engines)
     _LOGGER.info("Inference done.")
     profiles = []
 
     def profile() -> List[Row]:
-        profile_rows, found = profiling.profile_rows(main_workload)
+        profile_rows, found = profiling.profile_rows(workloads[sizes.events], workloads[sizes.block_events],
+                                                     args.block_size)
         profiles.extend(found)
         return profile_rows
 
     _guarded(rows, "profile", "cProfile", "fnapi", profile)
     _LOGGER.info("Profile done.")
-    _guarded(rows, "memory", "peak RSS", "fnapi",
-             lambda: memory.memory_rows(args.dataset, sizes["memory"], args.torch_threads))
+    _guarded(rows, "memory", "peak RSS", "-",
+             lambda: memory.memory_rows(args.dataset, sizes.memory_scans, args.torch_threads))
 
     print(markdown_table(rows))
     if not args.no_docs:

@@ -1,4 +1,4 @@
-"""Profiles of ``online_train`` and the plain loop, from cProfile.
+"""Profiles of ``online_train`` (per event and in blocks) and the plain loop, from cProfile.
 
 The FnApiRunner runs the pipeline in the calling process, so one cProfile
 session records the runner, the SDK harness and the user code. Self time
@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 
 from bench import throughput
 from bench.engines import resolve_engines
-from bench.results import Row
+from bench.results import Row, mode_label
 from bench.workload import Workload
 from pipelines import online_train
 
@@ -116,26 +116,33 @@ def _short_path(filename: str) -> str:
     return filename
 
 
-def profile_rows(workload: Workload) -> Tuple[List[Row], List[Profile]]:
-    """Profile the plain loop and ``online_train`` on the FnApiRunner."""
+def profile_rows(workload: Workload, block_workload: Workload, block_size: int) -> Tuple[List[Row], List[Profile]]:
+    """Profile the plain loop, then ``online_train`` on the FnApiRunner per event and in blocks.
+
+    The block-mode run gets its own (longer) stream, the one its throughput
+    is measured on, so that start-up costs do not dominate its categories.
+    """
     plain = profile_call("plain PyTorch loop", len(workload.events),
                          lambda: throughput.run_plain_loop(workload))
     engine = resolve_engines(["fnapi"])[0]
-    with tempfile.TemporaryDirectory() as output_dir:
-        argv = list(workload.job_args) + [f"--output_dir={output_dir}", "--no_report", *engine.pipeline_args]
-        pipeline = profile_call("online_train (fnapi)", len(workload.events), lambda: online_train.run(argv))
+    pipelines = []
+    for stream, size in ((workload, 0), (block_workload, block_size)):
+        with tempfile.TemporaryDirectory() as output_dir:
+            argv = throughput.online_train_argv(stream.job_args, output_dir, engine, size)
+            label = f"online_train (fnapi, {mode_label(size)})"
+            pipelines.append(profile_call(label, len(stream.events), lambda: online_train.run(argv)))
 
     rows = []
-    for profile in (plain, pipeline):
+    for profile in (plain, *pipelines):
         shares = ", ".join(
             f"{category} {profile.per_event_us(category):.0f}"
             for category in CATEGORIES if profile.by_category[category] > 0
         )
         rows.append(Row(
-            "profile", f"{profile.label}, self time per event (us)", "fnapi" if profile is pipeline else "-",
+            "profile", f"{profile.label}, self time per event (us)", "-" if profile is plain else "fnapi",
             events=profile.events, seconds=profile.total_s, detail=shares,
         ))
-    return rows, [plain, pipeline]
+    return rows, [plain, *pipelines]
 
 
 def format_profile(profile: Profile) -> str:

@@ -13,8 +13,9 @@ class Row:
     plain PyTorch loop's end-to-end rate on the same stream. Accuracies are
     prequential (test-then-train) over the valid events, and
     ``no_change_accuracy`` is that of predicting the previous label on the
-    same events. ``detail`` contains the case's other numbers, or why it was
-    skipped.
+    same events. ``peak_rss_mb`` (memory rows only, not a table column) is
+    the run's peak resident set size in MiB, the number the plot draws.
+    ``detail`` contains the case's other numbers, or why it was skipped.
     """
 
     section: str
@@ -27,11 +28,17 @@ class Row:
     accuracy: Optional[float] = None
     no_change_accuracy: Optional[float] = None
     detail: str = ""
+    peak_rss_mb: Optional[float] = None
 
     @property
     def key(self) -> str:
         """The row's stable name, ``section/case/engine``."""
         return f"{self.section}/{self.case}/{self.engine}"
+
+
+def mode_label(block_size: int) -> str:
+    """Name how ``online_train`` carries events: ``per event`` or ``blocks of N``."""
+    return "per event" if block_size == 0 else f"blocks of {block_size}"
 
 
 COLUMNS = (

@@ -4,7 +4,9 @@ Every learner here is evaluated prequentially on the same events: each
 event is predicted before the learner trains on it. ``online_train`` and
 the plain loop predict a whole fixed window with the current model, then
 train on that window with ``IncrementalTrainer``; River's learners do the
-same one event at a time.
+same one event at a time. ``online_train`` runs either per event
+(``--block_size=0``, one event per Beam element) or in block mode
+(``--block_size=N``), which gives the same predictions.
 """
 
 import logging
@@ -19,7 +21,7 @@ from river import preprocessing
 from river import tree
 
 from bench.engines import Engine
-from bench.results import Row
+from bench.results import Row, mode_label
 from bench.workload import Workload, feature_matrix, label_vector
 from ml.models import build_model
 from ml.trainer import IncrementalTrainer
@@ -47,6 +49,8 @@ def no_change_accuracy(workload: Workload) -> float:
 def run_plain_loop(workload: Workload) -> Tuple[Row, Row]:
     """Time predict-then-train per window with a bare ``IncrementalTrainer``.
 
+    Like the job, it also predicts each window with the frozen initial model.
+
     Returns the end-to-end row (reading and validating the stream included,
     as the pipeline does) and the model-only row.
     """
@@ -56,9 +60,14 @@ def run_plain_loop(workload: Workload) -> Tuple[Row, Row]:
     spec = workload.model_spec
     trainer = IncrementalTrainer(build_model(spec, seed=workload.trainer_config.seed), spec.task,
                                  workload.trainer_config)
+    # The job also scores every event with the frozen initial model, the
+    # baseline of its report, so the loop does the same.
+    frozen = IncrementalTrainer(build_model(spec, seed=workload.trainer_config.seed), spec.task,
+                                workload.trainer_config)
     correct = 0
     for features, labels in windows:
         probabilities = trainer.predict_many(features)
+        frozen.predict_many(features)
         correct += int((probabilities.argmax(axis=1) == labels).sum())
         trainer.learn_many(features, labels)
     model_s = time.perf_counter() - started
@@ -73,7 +82,7 @@ def run_plain_loop(workload: Workload) -> Tuple[Row, Row]:
     model_only = Row(
         "throughput", "plain PyTorch loop, model only", events=workload.max_events, seconds=model_s,
         events_per_s=workload.max_events / model_s, accuracy=accuracy,
-        detail="predict + train on prepared float32 arrays",
+        detail="predict (online and frozen initial model) + train on prepared float32 arrays",
     )
     return end_to_end, model_only
 
@@ -109,9 +118,19 @@ def run_river(workload: Workload, name: str, factory: Callable) -> Row:
     )
 
 
-def run_online_train(workload: Workload, engine: Engine, output_dir: str) -> Tuple[Row, Row]:
-    """Run the ``online_train`` job on ``engine``; return its throughput and freshness rows."""
-    argv = list(workload.job_args) + [f"--output_dir={output_dir}", "--no_report", *engine.pipeline_args]
+def online_train_argv(job_args: List[str], output_dir: str, engine: Engine, block_size: int = 0) -> List[str]:
+    """Return the ``online_train`` command line for a stream on ``engine``, per event or in blocks."""
+    return [*job_args, f"--block_size={block_size}", f"--output_dir={output_dir}", "--no_report",
+            *engine.pipeline_args]
+
+
+def run_online_train(workload: Workload, engine: Engine, output_dir: str, block_size: int = 0) -> Tuple[Row, Row]:
+    """Run the ``online_train`` job on ``engine``; return its throughput and freshness rows.
+
+    ``block_size`` is the job's ``--block_size``: 0 runs one event per Beam
+    element, N carries up to N events of one window slot per element.
+    """
+    argv = online_train_argv(workload.job_args, output_dir, engine, block_size)
     started = time.perf_counter()
     online_train.run(argv)
     seconds = time.perf_counter() - started
@@ -119,14 +138,14 @@ def run_online_train(workload: Workload, engine: Engine, output_dir: str) -> Tup
     predictions = report.read_parquet_dir(os.path.join(output_dir, "predictions"))
     metrics = report.overall_metrics(predictions, workload.model_spec.task)
     throughput = Row(
-        "throughput", "online_train", engine.name, events=workload.max_events, seconds=seconds,
-        events_per_s=workload.max_events / seconds, accuracy=metrics["online_accuracy"],
+        "throughput", f"online_train, {mode_label(block_size)}", engine.name, events=workload.max_events,
+        seconds=seconds, events_per_s=workload.max_events / seconds, accuracy=metrics["online_accuracy"],
         detail=f"{predictions.num_rows} predictions; frozen initial model {metrics['baseline_accuracy']:.4f}",
     )
-    return throughput, freshness_row(workload, engine, output_dir, predictions)
+    return throughput, freshness_row(workload, engine, output_dir, predictions, block_size)
 
 
-def freshness_row(workload: Workload, engine: Engine, output_dir: str, predictions) -> Row:
+def freshness_row(workload: Workload, engine: Engine, output_dir: str, predictions, block_size: int = 0) -> Row:
     """Summarise the lag from each version's training watermark to its first prediction."""
     model_name = f"{workload.dataset}-mlp"
     versions = report.read_manifest(os.path.join(output_dir, "models"), model_name)
@@ -134,7 +153,8 @@ def freshness_row(workload: Workload, engine: Engine, output_dir: str, predictio
     event_lags = [row["event_time_lag_s"] for row in lags if row["event_time_lag_s"] is not None]
     processing_lags = [row["processing_time_lag_s"] for row in lags if row["processing_time_lag_s"] is not None]
     return Row(
-        "freshness", "version to first prediction", engine.name, events=workload.max_events,
+        "freshness", f"version to first prediction, {mode_label(block_size)}", engine.name,
+        events=workload.max_events,
         detail=(
             f"{len(event_lags)} versions served; event time p50 {_percentile(event_lags, 50)} s, "
             f"p95 {_percentile(event_lags, 95)} s; processing time p50 {_percentile(processing_lags, 50)} s, "

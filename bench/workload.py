@@ -8,7 +8,7 @@ plain loops and the peers below see exactly the events, model and
 import dataclasses
 import math
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -50,15 +50,21 @@ class Workload:
         return sorted(grouped.items())
 
 
-def job_args(dataset: str, max_events: int, seed: int = 0) -> List[str]:
-    """Return the ``online_train`` flags, without runner or output flags, for a stream."""
-    return [f"--dataset={dataset}", f"--max_events={max_events}", f"--seed={seed}"]
+def job_args(dataset: str, max_events: int, seed: int = 0, window: Optional[str] = None) -> List[str]:
+    """Return the ``online_train`` flags, without runner or output flags, for a stream.
+
+    ``window`` is a ``--window`` spec; None keeps the job's default for the data set.
+    """
+    args = [f"--dataset={dataset}", f"--max_events={max_events}", f"--seed={seed}"]
+    if window is not None:
+        args.append(f"--window={window}")
+    return args
 
 
-def prepare_workload(dataset: str, max_events: int, seed: int = 0) -> Workload:
+def prepare_workload(dataset: str, max_events: int, seed: int = 0, window: Optional[str] = None) -> Workload:
     """Read and validate a stream the way ``online_train`` does, outside Beam."""
     started = time.perf_counter()
-    args_list = job_args(dataset, max_events, seed)
+    args_list = job_args(dataset, max_events, seed, window)
     args, _ = online_train.build_parser().parse_known_args(args_list)
 
     source_config = sources.source_config_from_args(args)

@@ -34,7 +34,7 @@ from transforms import replay
 from transforms import schema as schema_lib
 from transforms import sources
 from transforms import windowing
-from transforms.blocks import block_config
+from transforms.blocks import DEFAULT_BLOCK_SIZE, block_config
 from transforms.evaluation import PrequentialMetrics
 from transforms.inference import (
     DEVICES,
@@ -195,11 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Give the model whole BatchElements batches, without the batch-size controller.")
 
     group = parser.add_argument_group("execution")
-    group.add_argument("--block_size", type=int, default=0,
+    group.add_argument("--block_size", type=int, default=None,
                        help="Carry up to this many events of one window as one Beam element through "
-                            "validation, training, inference and the sinks (0: one event per element). "
-                            "Blocks cut Beam's per-element cost; they need fixed, sliding or global "
-                            "windows and a trigger without counts.")
+                            "validation, training, inference and the sinks, which cuts Beam's per-element "
+                            "cost; 0 carries one event per element. Blocks need fixed, sliding or global "
+                            f"windows and a trigger without counts. Default: {DEFAULT_BLOCK_SIZE} where "
+                            "they can be used, else 0.")
 
     group = parser.add_argument_group("validation and output")
     group.add_argument("--schema", default=None,

@@ -9,7 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench import __main__ as bench_main
 from bench import engines as engines_lib
+from bench import memory
+from bench import report
 from bench.results import Row, markdown_table
 from transforms import dead_letter
 from transforms import validate
@@ -20,9 +23,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_ROWS = {
     "throughput/plain PyTorch loop/-",
     "throughput/plain PyTorch loop, model only/-",
-    "throughput/online_train/fnapi",
-    "freshness/version to first prediction/fnapi",
-    "throughput/online_train/flink",
+    "throughput/online_train, per event/fnapi",
+    "freshness/version to first prediction, per event/fnapi",
+    "throughput/online_train, blocks of 64/fnapi",
+    "freshness/version to first prediction, blocks of 64/fnapi",
+    "throughput/online_train, per event/flink",
+    "throughput/online_train, blocks of 64/flink",
+    "throughput/plain PyTorch loop, fixed:1h windows/-",
+    "throughput/online_train, blocks of 64, fixed:1h windows/fnapi",
+    "freshness/version to first prediction, blocks of 64, fixed:1h windows/fnapi",
     "peers/River StandardScaler / LogisticRegression/-",
     "peers/River HoeffdingTreeClassifier/-",
     "inference/plain model(x), batches of 256/-",
@@ -30,10 +39,12 @@ QUICK_ROWS = {
     "inference/RunInference + PytorchModelHandlerTensor/fnapi",
     "inference/VersionedInference/flink",
     "profile/plain PyTorch loop, self time per event (us)/-",
-    "profile/online_train (fnapi), self time per event (us)/fnapi",
+    "profile/online_train (fnapi, per event), self time per event (us)/fnapi",
+    "profile/online_train (fnapi, blocks of 64), self time per event (us)/fnapi",
     "memory/imports only (beam, torch, river)/-",
     "memory/plain PyTorch loop, peak RSS/-",
-    "memory/online_train, peak RSS/fnapi",
+    "memory/online_train, per event, peak RSS/fnapi",
+    "memory/online_train, blocks of 64, peak RSS/fnapi",
 }
 
 
@@ -53,7 +64,8 @@ def quick_run(tmp_path_factory):
     docs_dir = tmp_path_factory.mktemp("docs")
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--engines=fnapi,flink", f"--docs_dir={docs_dir}"],
+        [sys.executable, "-m", "bench", "--quick", "--engines=fnapi,flink", "--block_size=64",
+         f"--docs_dir={docs_dir}"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -70,18 +82,32 @@ def test_quick_run_has_every_row(quick_run):
 
 
 @pytest.mark.timeout(300)
-def test_quick_run_pipeline_matches_plain_loop(quick_run):
+@pytest.mark.parametrize("mode", ["per event", "blocks of 64"])
+def test_quick_run_pipeline_matches_plain_loop(quick_run, mode):
     # The same model, seed, windows and TrainerConfig must give the same
-    # prequential accuracy inside and outside Beam.
+    # prequential accuracy inside and outside Beam, per event and in blocks.
     rows = _table_rows(quick_run[0])
-    assert rows["throughput/online_train/fnapi"]["accuracy"] == rows["throughput/plain PyTorch loop/-"]["accuracy"]
-    assert float(rows["throughput/online_train/fnapi"]["events/s"].replace(",", "")) > 0
+    online = rows[f"throughput/online_train, {mode}/fnapi"]
+    assert online["accuracy"] == rows["throughput/plain PyTorch loop/-"]["accuracy"]
+    assert float(online["events/s"].replace(",", "")) > 0
+    assert online["vs plain loop"] != ""
 
 
 @pytest.mark.timeout(300)
 def test_quick_run_reports_flink_skip(quick_run):
     rows = _table_rows(quick_run[0])
-    assert rows["throughput/online_train/flink"]["detail"].startswith("skipped: no Beam Flink job server jar")
+    for mode in ("per event", "blocks of 64"):
+        detail = rows[f"throughput/online_train, {mode}/flink"]["detail"]
+        assert detail.startswith("skipped: no Beam Flink job server jar")
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_memory_rows(quick_run):
+    rows = _table_rows(quick_run[0])
+    for mode in ("per event", "blocks of 64"):
+        cells = rows[f"memory/online_train, {mode}, peak RSS/fnapi"]
+        assert cells["events"] == "600"
+        assert cells["detail"].startswith("peak RSS ")
 
 
 @pytest.mark.timeout(300)
@@ -91,7 +117,88 @@ def test_quick_run_appends_docs(quick_run):
         text = file.read()
     assert "Command: `python -m bench --quick --engines=fnapi,flink" in text
     assert "Apache Beam 2.77.0" in text
-    assert "| throughput | online_train | fnapi |" in text
+    assert "| throughput | online_train, blocks of 64 | fnapi | 600 |" in text
+    assert "**online_train (fnapi, blocks of 64)**: 600 events" in text
+
+
+def _parse(*flags):
+    return bench_main.build_parser().parse_args(list(flags))
+
+
+def test_sizes_memory_scans_large():
+    sizes = bench_main._sizes(_parse("--large"), ["fnapi", "streaming", "prism"])
+    assert sizes.memory_scans == (
+        memory.MemoryScan("fnapi", 0, (10_000, 30_000, 100_000)),
+        memory.MemoryScan("fnapi", 256, (10_000, 100_000, 1_000_000, 10_000_000)),
+        memory.MemoryScan("streaming", 256, (10_000, 100_000)),
+    )
+
+
+def test_sizes_quick_and_skipped_scans():
+    sizes = bench_main._sizes(_parse("--quick", "--block_size=64"), ["fnapi"])
+    assert (sizes.events, sizes.block_events, sizes.streaming_block_events) == (600, 600, 600)
+    assert sizes.memory_scans == (memory.MemoryScan("fnapi", 0, (600,)), memory.MemoryScan("fnapi", 64, (600,)))
+
+    sizes = bench_main._sizes(_parse("--memory_sizes=", "--streaming_block_memory_sizes=5000"),
+                              ["fnapi", "streaming"])
+    assert [(scan.engine, scan.block_size) for scan in sizes.memory_scans] == [("fnapi", 256), ("streaming", 256)]
+    assert sizes.memory_scans[1].sizes == (5_000,)
+
+
+def test_sizes_events_for_engine_and_mode():
+    sizes = bench_main._sizes(_parse(), ["fnapi"])
+    fnapi, streaming = engines_lib.resolve_engines(["fnapi", "streaming"])
+    assert sizes.events_for(fnapi, 0) == 20_000
+    assert sizes.events_for(fnapi, 256) == 200_000
+    assert sizes.events_for(streaming, 0) == 5_000
+    assert sizes.events_for(streaming, 256) == 50_000
+
+
+def test_sizes_rejects_bad_flags():
+    with pytest.raises(ValueError, match=r"--block_size must be at least 1 event per element, got 0"):
+        bench_main._sizes(_parse("--block_size=0"), ["fnapi"])
+    with pytest.raises(ValueError, match=r"--block_memory_sizes '10k' is not a comma-separated list"):
+        bench_main._sizes(_parse("--block_memory_sizes=10k"), ["fnapi"])
+    with pytest.raises(ValueError, match=r"--block_max_events must be at least 100 events to measure anything, "
+                                         r"got 50"):
+        bench_main._sizes(_parse("--block_max_events=50"), ["fnapi"])
+    with pytest.raises(ValueError, match=r"--memory_sizes must list positive stream lengths, got 0"):
+        bench_main._sizes(_parse("--memory_sizes=0,10000"), ["fnapi"])
+
+
+def test_memory_scan_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"Invalid memory scan engine 'prism': expected one of fnapi, streaming"):
+        memory.MemoryScan("prism", 256, (10_000,))
+    with pytest.raises(ValueError, match=r"Invalid memory scan block size -1"):
+        memory.MemoryScan("fnapi", -1, (10_000,))
+
+
+@pytest.mark.timeout(60)
+def test_memory_child_streaming_blocks():
+    child = memory.run_child("online_train", "sea", 300, torch_threads=1, engine="streaming", block_size=64)
+    assert (child["engine"], child["block_size"], child["max_events"]) == ("streaming", 64, 300)
+    assert child["peak_rss_mb"] >= child["start_rss_mb"] > 0
+    assert child["seconds"] > 0
+
+
+def test_plot_scaling_series(tmp_path):
+    rows = [Row("memory", "imports only (beam, torch, river)", events=0, peak_rss_mb=900.0)]
+    for size, rate in ((1_000, 500.0), (10_000, 2_000.0)):
+        rows.append(Row("memory", "plain PyTorch loop, peak RSS", events=size, events_per_s=rate * 10,
+                        peak_rss_mb=950.0))
+        rows.append(Row("memory", "online_train, blocks of 256, peak RSS", "fnapi", events=size,
+                        events_per_s=rate, peak_rss_mb=1_000.0))
+    path = tmp_path / "img" / "plot.png"
+    assert report.plot_scaling(rows, str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_scaling_needs_two_sizes(tmp_path):
+    rows = [Row("memory", "online_train, per event, peak RSS", "fnapi", events=600, events_per_s=100.0,
+                peak_rss_mb=950.0)]
+    path = tmp_path / "plot.png"
+    assert not report.plot_scaling(rows, str(path))
+    assert not path.exists()
 
 
 def test_no_change_accuracy_known_answer():

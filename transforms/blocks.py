@@ -2,22 +2,26 @@
 
 A block may hold only records whose events land in the same training
 window(s) and the same serving window, so windowing the block by its
-timestamp is exact. :class:`BlockConfig` knows those window periods and cuts
+timestamp is exact. :class:`BlockConfig` stores those window periods and cuts
 the arrival-ordered schedule wherever the slot changes, the block is full,
 or (for the streaming replays) the watermark moves, so that a runner sees
 every block at the point of the schedule where its records arrived.
 
 Session windows depend on the gaps between events, which are unknown when a
-block is cut, and count triggers would count blocks instead of events, so
-both are refused with a clear error.
+block is cut, and count triggers would count blocks instead of events. The
+default block size falls back to one event per element under them, and an
+explicit one raises ValueError.
 """
 
 import dataclasses
+import logging
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.records import SourceRecord
+
+_LOGGER = logging.getLogger(__name__)
 
 # A slot that no other record shares: a record without an event time.
 _ALONE = object()
@@ -72,32 +76,47 @@ class BlockConfig:
             yield block
 
 
-def block_config(size: int, windowing_config, serving_window_s: float) -> Optional[BlockConfig]:
-    """Return the BlockConfig for ``--block_size`` and the job's windows; None when ``size`` is 0.
+DEFAULT_BLOCK_SIZE = 256
 
-    Raises ValueError for settings under which a block cannot stand for its
-    events: session windows and count triggers.
+
+def block_mode_problem(windowing_config) -> Optional[str]:
+    """Return why blocks cannot carry events under ``windowing_config``, or None when they can."""
+    window = windowing_config.window
+    if window.kind == "session":
+        return (f"session windows ({window}) end at gaps between events, which are unknown when a block is cut")
+    trigger = windowing_config.trigger
+    firings = [trigger.repeated, trigger.early, trigger.late]
+    if any(firing is not None and firing.kind == "count" for firing in firings):
+        return f"the count trigger {str(trigger)!r} would count blocks instead of events"
+    return None
+
+
+def block_config(size: Optional[int], windowing_config, serving_window_s: float) -> Optional[BlockConfig]:
+    """Return the BlockConfig for ``--block_size`` and the job's windows, or None for one event per element.
+
+    ``size`` None picks :data:`DEFAULT_BLOCK_SIZE` where the windowing allows
+    blocks and one event per element where it does not. An explicit size
+    raises ValueError for session windows and count triggers, under which a
+    block cannot stand for its events.
     """
+    problem = block_mode_problem(windowing_config)
+    if size is None:
+        if problem is not None:
+            _LOGGER.info("Carrying one event per element because %s.", problem)
+            return None
+        size = DEFAULT_BLOCK_SIZE
     if size == 0:
         return None
     if size < 0:
         raise ValueError(f"--block_size must be 0 (one event per element) or positive, got {size}; for example 256.")
-
-    window = windowing_config.window
-    if window.kind == "session":
+    if problem is not None:
         raise ValueError(
-            f"--block_size={size} cannot be used with session windows ({window}): a block is cut before "
-            "the gaps that end a session are known. Use --block_size=0 or a fixed or sliding window."
-        )
-    trigger = windowing_config.trigger
-    firings = [trigger.repeated, trigger.early, trigger.late]
-    if any(firing is not None and firing.kind == "count" for firing in firings):
-        raise ValueError(
-            f"--block_size={size} cannot be used with the count trigger {str(trigger)!r}: it would count "
-            "blocks instead of events. Use --block_size=0 or a watermark or processing-time trigger."
+            f"--block_size={size} cannot be used here: {problem}. Use --block_size=0, or a fixed, sliding or "
+            "global window with a watermark or processing-time trigger."
         )
 
     periods = [_micros(serving_window_s)]
+    window = windowing_config.window
     if window.kind == "fixed":
         periods.append(_micros(window.size))
     elif window.kind == "sliding":
