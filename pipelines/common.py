@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import threading
 from typing import Callable, Optional
 
 from apache_beam.options.pipeline_options import StandardOptions
@@ -28,6 +29,71 @@ def serving_window_seconds(serving_window: Optional[str], windowing_config) -> f
             "for example --serving_window=5m."
         )
     return seconds
+
+
+# The FnApiRunner (Beam 2.77) merges each stage's metrics by wrapping the
+# previous merge in a new generator after every bundle, and reads the chain
+# once the pipeline ends. The trainer's stage runs one bundle per serving
+# window, so a long stream nests thousands of generators: past about 990
+# Python's recursion limit stops the first metrics() call, and past tens of
+# thousands the 8 MiB main-thread stack overflows.
+_RUN_THREAD_STACK_BYTES = 512 << 20
+_RUN_RECURSION_LIMIT = 1_000_000
+
+
+def runs_on_fnapi_runner(options) -> bool:
+    """Return whether ``options`` pick the FnApiRunner: the DirectRunner (or no runner) in batch."""
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner or "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return not standard.streaming and name.rsplit(".", 1)[-1] in ("DirectRunner", "FnApiRunner")
+
+
+def run_and_wait(pipeline, options):
+    """Run ``pipeline`` until it finishes; return the result.
+
+    On the FnApiRunner the run happens in a thread with room for deep metric
+    chains, and its exceptions are raised in the caller's thread. Other
+    runners run in the caller's thread: Prism and the portable runners
+    install signal handlers, which only the main thread may do.
+    """
+    if not runs_on_fnapi_runner(options):
+        result = pipeline.run()
+        result.wait_until_finish()
+        return result
+
+    outcome = {}
+
+    def target():
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+            # The FnApiRunner reads the metric chain on the first call and
+            # keeps the merged metrics, so later calls need no deep stack.
+            result.metrics()
+            outcome["result"] = result
+        except BaseException as error:  # Re-raised below, in the caller's thread.
+            outcome["error"] = error
+
+    previous_limit = sys.getrecursionlimit()
+    previous_stack = threading.stack_size(_RUN_THREAD_STACK_BYTES)
+    try:
+        sys.setrecursionlimit(max(previous_limit, _RUN_RECURSION_LIMIT))
+        thread = threading.Thread(target=target, name="run-pipeline", daemon=True)
+        thread.start()
+    finally:
+        # Only this thread needs the large stack, not the runner's own threads.
+        threading.stack_size(previous_stack)
+    try:
+        while thread.is_alive():
+            # A timeout keeps the main thread responsive to Ctrl-C.
+            thread.join(timeout=0.5)
+    finally:
+        sys.setrecursionlimit(previous_limit)
+
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def describe_engine(result, options) -> str:

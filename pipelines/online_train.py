@@ -323,6 +323,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
         )
     sample, newest_event_time = scan_source(source_config, 0 if args.schema else args.schema_sample_rows)
     schema = load_or_infer_schema(args, source_config, sample)
+    # Up to --schema_sample_rows rows would otherwise stay alive for the whole run.
+    del sample
     schema_lib.save_schema(schema, os.path.join(args.output_dir, "schema.pbtxt"))
     model_spec = build_model_spec(args, schema)
     model_name = args.model_name or f"{source_config.dataset or 'input'}-mlp"
@@ -435,8 +437,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     dead_letters = (validated.dead_letter, inference_dead_letters) | "CollectDeadLetters" >> beam.Flatten()
     _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
 
-    result = pipeline.run()
-    result.wait_until_finish()
+    result = common.run_and_wait(pipeline, options)
     engine = common.describe_engine(result, options)
     _LOGGER.info("Pipeline finished on %s.", engine)
     counters = common.log_counters(result)

@@ -15,6 +15,7 @@ explicit one raises ValueError.
 
 import dataclasses
 import logging
+import math
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from apache_beam.utils.timestamp import Timestamp
@@ -120,7 +121,10 @@ def block_config(size: Optional[int], windowing_config, serving_window_s: float)
     if window.kind == "fixed":
         periods.append(_micros(window.size))
     elif window.kind == "sliding":
-        periods.append(_micros(window.period))
+        # An event's set of sliding windows changes where a window starts (a
+        # multiple of the period) or ends (a start plus the size), and both
+        # lie on the grid of their greatest common divisor.
+        periods.append(math.gcd(_micros(window.size), _micros(window.period)))
     return BlockConfig(size=size, periods_micros=tuple(periods))
 
 

@@ -4,7 +4,10 @@ Labelled events are windowed for training, grouped into panes, and handed
 to :class:`OnlineTrainer`, a stateful DoFn in the global window keyed by
 model name. It buffers panes and releases them on event-time timers, so it
 trains in event-time order whatever order the runner delivers panes in,
-and the same input gives the same versions on every runner.
+and the same input gives the same versions on every runner. A late pane
+(one that fires after the watermark passed its window) is the exception:
+it trains at the first timer after it arrives, which depends on the
+runner's timing, so the serving window where its version starts can vary.
 
 Serving windows are fixed windows of ``serving_window_s`` seconds. For each
 serving window W = [a, a + S) the trainer fires an event-time timer at a,
