@@ -75,8 +75,8 @@ def prepare_workload(dataset: str, max_events: int, seed: int = 0, window: Optio
     if windowing_config.window.kind != "fixed":
         raise ValueError(f"the benchmarks need fixed windows, got --window={args.window}.")
 
-    sample, _ = online_train.scan_source(source_config, args.schema_sample_rows)
-    schema = online_train.load_or_infer_schema(args, source_config, sample)
+    scan = online_train.scan_source(source_config, args.schema_sample_rows)
+    schema = online_train.load_or_infer_schema(args, source_config, scan.sample)
     model_spec = online_train.build_model_spec(args, schema)
     if model_spec.task != CLASSIFICATION:
         raise ValueError(

@@ -49,15 +49,22 @@ def runs_on_fnapi_runner(options) -> bool:
     return not standard.streaming and name.rsplit(".", 1)[-1] in ("DirectRunner", "FnApiRunner")
 
 
-def run_and_wait(pipeline, options):
+# A stage that runs fewer bundles than this merges its metrics within the
+# default recursion limit of 1,000, with room for the caller's frames.
+MAX_SHALLOW_BUNDLES = 800
+
+
+def run_and_wait(pipeline, options, deep_metrics: bool = False):
     """Run ``pipeline`` until it finishes; return the result.
 
-    On the FnApiRunner the run happens in a thread with room for deep metric
-    chains, and its exceptions are raised in the caller's thread. Other
-    runners run in the caller's thread: Prism and the portable runners
-    install signal handlers, which only the main thread may do.
+    With ``deep_metrics`` on the FnApiRunner, which a stage running more
+    than :data:`MAX_SHALLOW_BUNDLES` bundles needs, the run happens in a
+    thread with room for deep metric chains, and its exceptions are raised
+    in the caller's thread. Otherwise it runs in the caller's thread, where
+    profilers and debuggers see it and where Prism and the portable runners
+    may install their signal handlers.
     """
-    if not runs_on_fnapi_runner(options):
+    if not (deep_metrics and runs_on_fnapi_runner(options)):
         result = pipeline.run()
         result.wait_until_finish()
         return result

@@ -13,11 +13,12 @@ versioned checkpoints and a manifest), ``dead_letter/`` (JSON Lines),
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
 import sys
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -224,21 +225,39 @@ def default_window_spec(source_config) -> str:
     return "fixed:5m"
 
 
-def scan_source(source_config, sample_count: int) -> tuple:
-    """Read a bounded source once; return ``(schema sample rows, newest event time)``.
+class SourceScan(NamedTuple):
+    """What one pass over a bounded source finds before the pipeline starts.
 
-    The sample is the rows of the first ``sample_count`` records, malformed
-    ones left out, for schema inference. The newest event time is where the
-    trainer's timer chain may stop.
+    ``sample`` contains the rows of the first ``sample_count`` records,
+    malformed ones left out, for schema inference. ``newest_event_time`` is
+    where the trainer's timer chain may stop, and with ``oldest_event_time``
+    it gives the number of serving windows. Both are infinite for a source
+    without event times.
     """
+
+    sample: list
+    oldest_event_time: float
+    newest_event_time: float
+
+
+def scan_source(source_config, sample_count: int) -> SourceScan:
+    """Read a bounded source once; return its schema sample and event-time range."""
     sample = []
-    newest = float("-inf")
+    oldest, newest = float("inf"), float("-inf")
     for record in sources.read_source_records(sources.resolve_source_config(source_config)):
         if record.arrival < sample_count and sources.malformed_reason(record) is None:
             sample.append(record.row)
-        if record.event_time is not None and record.event_time > newest:
-            newest = record.event_time
-    return sample, newest
+        if record.event_time is not None:
+            oldest = min(oldest, record.event_time)
+            newest = max(newest, record.event_time)
+    return SourceScan(sample, oldest, newest)
+
+
+def serving_window_count(scan: SourceScan, serving_window_s: float) -> int:
+    """Return how many serving windows the scanned event times span (0 without event times)."""
+    if not math.isfinite(scan.newest_event_time):
+        return 0
+    return math.floor(scan.newest_event_time / serving_window_s) - math.floor(scan.oldest_event_time / serving_window_s) + 1
 
 
 def prepare_output_dir(output_dir: str, resume: bool) -> None:
@@ -293,6 +312,20 @@ def build_model_spec(args, schema) -> ModelSpec:
     )
 
 
+def check_late_replay(mode: str, replay_config) -> None:
+    """Raise ValueError for a late-data replay on the legacy streaming DirectRunner, which cannot run it."""
+    if mode != "teststream" or replay_config.late_fraction == 0:
+        return
+    # NOTE: the legacy engine (Beam 2.77, runners/direct/executor.py) fails
+    # when a bundle with no elements reaches a step that reads a side input,
+    # and ValidateRecords emits such bundles when every record in one is late.
+    raise ValueError(
+        f"--late_fraction={replay_config.late_fraction} cannot run with --streaming on the DirectRunner: its "
+        "legacy streaming engine fails when a bundle of only late records reaches the versioned inference step. "
+        "Replay late data with --runner=PrismRunner --streaming, or in batch without --streaming."
+    )
+
+
 def skip_trained(element, resume_from: float) -> list:
     """Keep the events (alone or in a Block) at or after ``resume_from``."""
     if isinstance(element, Block):
@@ -310,6 +343,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
     source_config = sources.source_config_from_args(args)
     replay_config = replay.replay_config_from_args(args)
+    mode = replay.choose_replay_mode(options)
+    check_late_replay(mode, replay_config)
     if args.window is None:
         args.window = default_window_spec(source_config)
     windowing_config = windowing.WindowingConfig.from_options(args)
@@ -321,10 +356,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
         raise ValueError(
             f"--schema_sample_rows must be at least 1, got {args.schema_sample_rows}; for example 100000."
         )
-    sample, newest_event_time = scan_source(source_config, 0 if args.schema else args.schema_sample_rows)
-    schema = load_or_infer_schema(args, source_config, sample)
+    scan = scan_source(source_config, 0 if args.schema else args.schema_sample_rows)
+    schema = load_or_infer_schema(args, source_config, scan.sample)
+    newest_event_time = scan.newest_event_time
+    serving_windows = serving_window_count(scan, serving_window_s)
     # Up to --schema_sample_rows rows would otherwise stay alive for the whole run.
-    del sample
+    del scan
     schema_lib.save_schema(schema, os.path.join(args.output_dir, "schema.pbtxt"))
     model_spec = build_model_spec(args, schema)
     model_name = args.model_name or f"{source_config.dataset or 'input'}-mlp"
@@ -367,7 +404,6 @@ def run(argv: Optional[List[str]] = None) -> dict:
         initial_version = store.latest(model_name) or initial_version
         _LOGGER.info("Resuming from version %d of %s.", initial_version.version, model_name)
 
-    mode = replay.choose_replay_mode(options)
     _LOGGER.info(
         "Replaying %s in %s mode (%s), training windows %s, serving windows of %g s, %s model selection, %s.",
         source_config.input or source_config.dataset, mode, "streaming" if streaming else "batch",
@@ -437,7 +473,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     dead_letters = (validated.dead_letter, inference_dead_letters) | "CollectDeadLetters" >> beam.Flatten()
     _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
 
-    result = common.run_and_wait(pipeline, options)
+    result = common.run_and_wait(pipeline, options, deep_metrics=serving_windows > common.MAX_SHALLOW_BUNDLES)
     engine = common.describe_engine(result, options)
     _LOGGER.info("Pipeline finished on %s.", engine)
     counters = common.log_counters(result)

@@ -157,3 +157,21 @@ def test_drift_detection_writes_events(tmp_path):
     first = json.loads(lines[0])
     assert first["detector"] == "adwin"
     assert "Detected drift" in (tmp_path / "report.md").read_text()
+
+
+def test_late_replay_on_legacy_streaming_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"--late_fraction=0\.05 cannot run with --streaming on the DirectRunner"):
+        _run(str(tmp_path), "--runner=DirectRunner", "--streaming", "--late_fraction=0.05", "--late_delay=300",
+             *SMALL)
+
+
+@pytest.mark.parametrize("oldest, newest, expected", [
+    (0.0, 3599.0, 12),
+    (299.0, 300.0, 2),
+    (600.0, 600.0, 1),
+    (float("inf"), float("-inf"), 0),
+])
+def test_serving_window_count(oldest, newest, expected):
+    scan = online_train.SourceScan(sample=[], oldest_event_time=oldest, newest_event_time=newest)
+
+    assert online_train.serving_window_count(scan, 300.0) == expected

@@ -2,6 +2,7 @@
 
 import itertools
 import sys
+import threading
 
 import pytest
 from apache_beam.metrics.monitoring_infos import consolidate, extract_counter_value, int64_user_counter
@@ -57,7 +58,7 @@ def test_deep_chain_fails_without_helper():
 
 
 def test_deep_chain_merges_in_helper():
-    result = common.run_and_wait(_Pipeline(_DeepMetricsResult()), BATCH_DIRECT)
+    result = common.run_and_wait(_Pipeline(_DeepMetricsResult()), BATCH_DIRECT, deep_metrics=True)
 
     assert result.metrics_calls == 1
     assert len(result.merged) == 1
@@ -67,14 +68,14 @@ def test_deep_chain_merges_in_helper():
 def test_recursion_limit_restored():
     before = sys.getrecursionlimit()
 
-    common.run_and_wait(_Pipeline(_DeepMetricsResult()), BATCH_DIRECT)
+    common.run_and_wait(_Pipeline(_DeepMetricsResult()), BATCH_DIRECT, deep_metrics=True)
 
     assert sys.getrecursionlimit() == before
 
 
 def test_run_error_reaches_caller():
     with pytest.raises(ValueError, match="bad flag"):
-        common.run_and_wait(_Pipeline(error=ValueError("bad flag")), BATCH_DIRECT)
+        common.run_and_wait(_Pipeline(error=ValueError("bad flag")), BATCH_DIRECT, deep_metrics=True)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -86,3 +87,21 @@ def test_run_error_reaches_caller():
 ])
 def test_fnapi_runner_detection(flags, expected):
     assert common.runs_on_fnapi_runner(PipelineOptions(flags)) is expected
+
+
+class _ThreadRecordingPipeline:
+    def __init__(self):
+        self.thread_name = None
+
+    def run(self):
+        self.thread_name = threading.current_thread().name
+        return _DeepMetricsResult()
+
+
+@pytest.mark.parametrize("deep_metrics, thread_name", [(False, "MainThread"), (True, "run-pipeline")])
+def test_run_thread_choice(deep_metrics, thread_name):
+    pipeline = _ThreadRecordingPipeline()
+
+    common.run_and_wait(pipeline, BATCH_DIRECT, deep_metrics=deep_metrics)
+
+    assert pipeline.thread_name == thread_name
