@@ -1,6 +1,6 @@
 """Benchmark ``online_train`` against a plain PyTorch loop, River and stock RunInference.
 
-    python -m bench                 # the default sizes, about 20 minutes on 2 cores (an estimate)
+    python -m bench                 # the default sizes, about 13 minutes on 2 cores
     python -m bench --quick         # tiny sizes, a smoke run
     python -m bench --engines=fnapi --max_events=50000 --block_max_events=500000
 
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "mode (empty to skip).")
     parser.add_argument("--large", action="store_true",
                         help=f"Add {_size_list(LARGE_BLOCK_MEMORY_SIZES)} events to the FnApiRunner block-mode "
-                             "memory scan: about an hour on 2 cores, an estimate from 4,200 events/s at 5x10^4 events "
-                             "in blocks of 256.")
+                             "memory scan: about 30 minutes on 2 cores and about 20 GiB of memory, estimates from "
+                             "5,600 events/s and 2 KiB per event measured at 10^6 events in blocks of 256.")
     parser.add_argument("--torch_threads", type=int, default=1,
                         help="torch intra-op threads for every case; 1 suits these small models on a shared CPU.")
     parser.add_argument("--docs_dir", default="docs",
