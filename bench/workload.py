@@ -83,14 +83,7 @@ def prepare_workload(dataset: str, max_events: int, seed: int = 0, window: Optio
             f"--dataset={dataset} is a {model_spec.task} stream; the benchmarks compare "
             "classification accuracy, so pick a classification stream such as --dataset=sea."
         )
-    trainer_config = TrainerConfig(
-        learning_rate=args.learning_rate,
-        optimizer=args.optimizer,
-        steps_per_pane=args.steps_per_pane,
-        batch_size=args.train_batch_size,
-        max_loss=args.max_loss,
-        seed=source_config.seed,
-    )
+    trainer_config = online_train.build_trainer_config(args, source_config)
 
     validator = RecordValidator(
         schema, max_record_bytes=args.max_record_bytes, lateness=windowing_config.lateness_rule()

@@ -312,6 +312,31 @@ def build_model_spec(args, schema) -> ModelSpec:
     )
 
 
+def build_trainer_config(args, source_config) -> TrainerConfig:
+    """Build the trainer's settings from the job's flags."""
+    return TrainerConfig(
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        steps_per_pane=args.steps_per_pane,
+        batch_size=args.train_batch_size,
+        max_loss=args.max_loss,
+        seed=source_config.seed,
+        drift_detector=args.drift_detector,
+        drift_params=parse_json_object("--drift_params", args.drift_params),
+        drift_reaction=args.drift_reaction,
+        lr_boost_factor=args.lr_boost_factor,
+        lr_boost_panes=args.lr_boost_panes,
+        replay_size=args.replay_size,
+        replay_ratio=args.replay_ratio,
+        ewc_lambda=args.ewc_lambda,
+        ewc_every_panes=args.ewc_every_panes,
+        ewc_decay=args.ewc_decay,
+        ewc_examples=args.ewc_examples,
+        micro_batch_size=args.train_micro_batch_size,
+        use_loader={"auto": None, "on": True, "off": False}[args.train_loader],
+    )
+
+
 def check_late_replay(mode: str, replay_config) -> None:
     """Raise ValueError for a late-data replay on the legacy streaming DirectRunner, which cannot run it."""
     if mode != "teststream" or replay_config.late_fraction == 0:
@@ -329,8 +354,8 @@ def check_late_replay(mode: str, replay_config) -> None:
 def skip_trained(element, resume_from: float) -> list:
     """Keep the events (alone or in a Block) at or after ``resume_from``."""
     if isinstance(element, Block):
-        kept = [event for event in element if event.event_time >= resume_from]
-        return [Block(kept)] if kept else []
+        untrained = [event for event in element if event.event_time >= resume_from]
+        return [Block(untrained)] if untrained else []
     return [element] if element.event_time >= resume_from else []
 
 
@@ -372,27 +397,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     training_config = TrainingConfig(
         model_name=model_name,
         model_spec=model_spec,
-        trainer=TrainerConfig(
-            learning_rate=args.learning_rate,
-            optimizer=args.optimizer,
-            steps_per_pane=args.steps_per_pane,
-            batch_size=args.train_batch_size,
-            max_loss=args.max_loss,
-            seed=source_config.seed,
-            drift_detector=args.drift_detector,
-            drift_params=parse_json_object("--drift_params", args.drift_params),
-            drift_reaction=args.drift_reaction,
-            lr_boost_factor=args.lr_boost_factor,
-            lr_boost_panes=args.lr_boost_panes,
-            replay_size=args.replay_size,
-            replay_ratio=args.replay_ratio,
-            ewc_lambda=args.ewc_lambda,
-            ewc_every_panes=args.ewc_every_panes,
-            ewc_decay=args.ewc_decay,
-            ewc_examples=args.ewc_examples,
-            micro_batch_size=args.train_micro_batch_size,
-            use_loader={"auto": None, "on": True, "off": False}[args.train_loader],
-        ),
+        trainer=build_trainer_config(args, source_config),
         serving_window_s=serving_window_s,
         store_root=store_root,
         end_of_stream=newest_event_time,

@@ -30,10 +30,12 @@ from transforms import validate
 from transforms.blocks import DEFAULT_BLOCK_SIZE, BlockConfig, block_config
 from transforms.dead_letter import read_dead_letters
 from transforms.records import Block, DeadLetter, Event, SourceRecord, unblock
-from transforms.replay import ReadEvents, ReplayConfig, record_timestamp, replay_records
+from transforms.replay import ReadEvents, record_timestamp, replay_records
 from transforms.sources import SourceConfig, resolve_source_config
 from transforms.timestamps import MIN_WATERMARK_SECONDS
 from transforms.windowing import WindowingConfig
+
+from tests.test_replay import DISORDERED, SEA_SOURCE
 
 # 2024-01-01T00:00:00Z
 NEW_YEAR = 1704067200.0
@@ -282,19 +284,7 @@ def test_block_config_class_rejects(kwargs, message):
 
 # --- ReadEvents with blocks --------------------------------------------------
 
-SEA_SOURCE = SourceConfig(dataset="sea", max_events=300)
 CSV_SOURCE = SourceConfig(input=os.path.join(DATA_DIR, "events.csv"), timestamp_column="event_time")
-# Disorder beyond the out-of-orderness bound and held-back records, so some
-# records arrive behind the watermark.
-DISORDERED = ReplayConfig(
-    max_out_of_orderness=5.5,
-    disorder_fraction=0.1,
-    max_disorder=20,
-    late_fraction=0.1,
-    late_delay=30,
-    records_per_watermark_update=10,
-    seed=3,
-)
 # Sea has one event per second, so its 30 s cells cut blocks by size and by
 # slot. The few records of events.csv need hour cells to share one.
 SEA_BLOCKS = block_config(16, WindowingConfig.from_specs("fixed:60s"), 30.0)

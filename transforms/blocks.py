@@ -2,10 +2,10 @@
 
 A block may hold only records whose events land in the same training
 window(s) and the same serving window, so windowing the block by its
-timestamp is exact. :class:`BlockConfig` stores those window periods and cuts
-the arrival-ordered schedule wherever the slot changes, the block is full,
-or (for the streaming replays) the watermark moves, so that a runner sees
-every block at the point of the schedule where its records arrived.
+timestamp is exact. :class:`BlockConfig` stores those window periods. It
+cuts the arrival-ordered schedule wherever the slot changes, the block is
+full, or (for the streaming replays) the watermark moves, so that a runner
+gets every block at the point of the schedule where its records arrived.
 
 Session windows depend on the gaps between events, which are unknown when a
 block is cut, and count triggers would count blocks instead of events. The

@@ -473,7 +473,7 @@ class VersionedInference(beam.PTransform):
     def _materialized(self, versions, label: str):
         # The trainer emits from timers, so the FnApiRunner (Beam 2.77) runs
         # its stage once per timer round and, after each round, appends the
-        # stage's whole output so far to the side input again: window k sees
+        # stage's whole output so far to the side input again: window k gets
         # one copy of its record per later round, quadratic in the stream. A
         # Reshuffle moves the side input into a stage that runs once. Only in
         # batch: a streaming runner would make the side input ready later

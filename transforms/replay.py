@@ -398,15 +398,16 @@ class _ReplayRecordsFn(beam.DoFn):
 
     def process(self, unused_impulse):
         schedule = replay_records(self._source_config, self._replay_config)
-        for record in schedule:
-            self._metrics.count(record)
         if self._blocks is None:
             for record in schedule:
+                self._metrics.count(record)
                 yield TimestampedValue(record, record_timestamp(record))
             return
         # Batch runners ignore the watermark schedule, so blocks are cut by
-        # window slot and size only; each record keeps its own watermark field.
+        # window slot and size only. Each record keeps its own watermark field.
         for part in self._blocks.cut(schedule, on_watermark=False):
+            for record in part:
+                self._metrics.count(record)
             yield block_element(part)
 
 
@@ -491,7 +492,7 @@ class _ReplaySplittableFn(beam.DoFn):
                 return claimed, False
             claimed.append(record)
         if not part:
-            # Claiming past the end tells the tracker that the restriction is done.
+            # A claim past the end marks the restriction as done for the tracker.
             tracker.try_claim(start)
             return claimed, False
         return claimed, True

@@ -41,14 +41,14 @@ def encode_json_lines(rows: List[Any]) -> bytes:
     )
 
 
-def _convert(element, to_row: Callable):
-    if isinstance(element, Block):
-        return Block([to_row(item) for item in element.items])
-    return to_row(element)
-
-
-def _key_for_grouping(element) -> Tuple[int, Any]:
-    # One shard per window pane: a window's rows fit in one worker's memory.
+def _keyed_rows(element, to_row: Optional[Callable]) -> Tuple[int, Any]:
+    """Convert an element (or each item of a Block) with ``to_row`` and key it for grouping."""
+    if to_row is not None:
+        if isinstance(element, Block):
+            element = Block([to_row(item) for item in element.items])
+        else:
+            element = to_row(element)
+    # One shard per window pane, because a window's rows fit in one worker's memory.
     return 0, element
 
 
@@ -101,12 +101,9 @@ class WriteRows(beam.PTransform):
         self.prefix = prefix
 
     def expand(self, records):
-        rows = records
-        if self.to_row is not None:
-            rows = records | "ToRow" >> beam.Map(_convert, self.to_row)
         return (
-            rows
-            | "KeyForGrouping" >> beam.Map(_key_for_grouping)
+            records
+            | "ToKeyedRows" >> beam.Map(_keyed_rows, self.to_row)
             | "GroupByWindow" >> beam.GroupByKey()
             | "WriteFiles" >> beam.ParDo(
                 _WriteWindowRowsFn(self.directory, self.file_format, self.schema, self.prefix))
