@@ -30,7 +30,7 @@ from transforms import validate
 from transforms.blocks import DEFAULT_BLOCK_SIZE, BlockConfig, block_config
 from transforms.dead_letter import read_dead_letters
 from transforms.records import Block, DeadLetter, Event, SourceRecord, unblock
-from transforms.replay import ReadEvents, record_timestamp, replay_records
+from transforms.replay import ReadEvents, iter_replay, record_timestamp
 from transforms.sources import SourceConfig, resolve_source_config
 from transforms.timestamps import MIN_WATERMARK_SECONDS
 from transforms.windowing import WindowingConfig
@@ -318,7 +318,7 @@ def _check_blocks(expected, config, one_watermark):
 
 
 def _run_read_events(runner, flags, source, config, mode):
-    expected = replay_records(resolve_source_config(source), DISORDERED)
+    expected = list(iter_replay(resolve_source_config(source), DISORDERED))
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags)) as pipeline:
         described = (
             pipeline
@@ -349,7 +349,7 @@ def test_read_events_blocks_malformed_file(mode):
 def test_batch_blocks_span_watermarks():
     # Batch runners ignore the watermark schedule, so a batch block may span
     # watermark updates; the streaming replays cut there.
-    schedule = replay_records(resolve_source_config(SEA_SOURCE), DISORDERED)
+    schedule = list(iter_replay(resolve_source_config(SEA_SOURCE), DISORDERED))
 
     batch = list(SEA_BLOCKS.cut(schedule, on_watermark=False))
     streaming = list(SEA_BLOCKS.cut(schedule, on_watermark=True))

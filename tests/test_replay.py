@@ -4,6 +4,7 @@ import argparse
 import collections
 import math
 import os
+import tracemalloc
 
 import apache_beam as beam
 import pytest
@@ -17,6 +18,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transforms import replay, sources
 from transforms.records import SourceRecord
 from transforms.replay import (
     ReadEvents,
@@ -24,12 +26,13 @@ from transforms.replay import (
     add_replay_options,
     build_test_stream,
     choose_replay_mode,
+    iter_replay,
     record_timestamp,
     replay_config_from_args,
-    replay_records,
+    replay_length,
     replay_schedule,
 )
-from transforms.sources import SourceConfig, resolve_source_config
+from transforms.sources import SourceConfig, read_source_records, resolve_source_config
 from transforms.timestamps import MIN_WATERMARK_SECONDS
 
 # 2024-01-01T00:00:00Z
@@ -217,6 +220,58 @@ def test_schedule_invariants(times, bound, disorder, late, per_update, seed):
         assert behind >= round(late * eligible)
 
 
+MALFORMED_SOURCE = SourceConfig(input=os.path.join(DATA_DIR, "events.csv"), timestamp_column="event_time")
+LATE_ONLY = ReplayConfig(max_out_of_orderness=2.0, late_fraction=0.2, late_delay=15, records_per_watermark_update=7, seed=4)
+
+
+@pytest.mark.parametrize("source", [SEA_SOURCE, MALFORMED_SOURCE], ids=["sea", "malformed"])
+@pytest.mark.parametrize("config", [ReplayConfig(records_per_watermark_update=7), DISORDERED, LATE_ONLY],
+                         ids=["file_order", "disordered", "late"])
+def test_iter_replay_equals_schedule(source, config):
+    expected = replay_schedule(read_source_records(source), config)
+
+    assert list(iter_replay(source, config)) == expected
+    assert replay_length(resolve_source_config(source), config) == len(expected)
+    for start in (1, len(expected) // 2, len(expected)):
+        assert list(iter_replay(source, config, start=start)) == expected[start:]
+
+
+def test_iter_replay_file_order_memory(monkeypatch):
+    # Small chunks, so that the reader's own buffer stays well below the bound.
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 1_000)
+    source = SourceConfig(dataset="sea", max_events=20_000)
+    config = ReplayConfig(records_per_watermark_update=7)
+
+    tracemalloc.start()
+    try:
+        replayed = sum(1 for _ in iter_replay(source, config))
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # A list of all 20,000 replayed sea records takes about 15 MB.
+    assert replayed == 20_000
+    assert peak_bytes < 3_000_000
+
+
+def test_sdf_reads_source_once_per_pass(monkeypatch):
+    opened = []
+
+    def counting_read(config):
+        opened.append(config)
+        return read_source_records(config)
+
+    monkeypatch.setattr(replay, "read_source_records", counting_read)
+    # A seed no other test uses, so the process-wide caches start empty.
+    config = ReplayConfig(records_per_watermark_update=5, seed=77)
+
+    _run_observe(FnApiRunner(), [], SEA_SOURCE, config, "sdf")
+
+    # One pass sizes the restriction and one emits the records, although the
+    # splittable DoFn checkpoints 60 times on the way.
+    assert len(opened) == 2
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -354,7 +409,7 @@ def _expected_observations(source, replay):
             record_timestamp(record).micros / 1e6,
             record.watermark,
         )
-        for record in replay_records(resolve_source_config(source), replay)
+        for record in replay_schedule(read_source_records(source), replay)
     ]
 
 
@@ -384,7 +439,7 @@ def test_read_events_same_records(runner, flags, mode):
 
 @pytest.mark.parametrize("mode", ["batch", "teststream"])
 def test_read_events_malformed_file(mode):
-    source = SourceConfig(input=os.path.join(DATA_DIR, "events.csv"), timestamp_column="event_time")
+    source = MALFORMED_SOURCE
     replay = ReplayConfig(records_per_watermark_update=3)
     runner, flags = ("DirectRunner", ["--streaming"]) if mode == "teststream" else (FnApiRunner(), [])
 
@@ -430,7 +485,7 @@ def _predicted_counts(schedule, drop_late):
 
 
 def test_windowed_counts_drop_late():
-    schedule = replay_records(SEA_SOURCE, DISORDERED)
+    schedule = list(iter_replay(SEA_SOURCE, DISORDERED))
     predicted = _predicted_counts(schedule, drop_late=True)
     dropped = len(schedule) - sum(count for _, count in predicted)
     assert 0 < dropped < len(schedule)
@@ -442,7 +497,7 @@ def test_windowed_counts_drop_late():
 
 
 def test_windowed_counts_batch_keep_all():
-    schedule = replay_records(SEA_SOURCE, DISORDERED)
+    schedule = list(iter_replay(SEA_SOURCE, DISORDERED))
 
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         counts = _windowed_counts(pipeline, SEA_SOURCE, DISORDERED, "batch")

@@ -1,10 +1,11 @@
 """Deterministic event-time replay of a source, with disorder and late data.
 
-:func:`replay_schedule` decides, from a seed, the order in which records
-arrive and the event-time watermark in force at each arrival. It is the only
-place that decides either, and every mode of :class:`ReadEvents` replays its
-result, so a record's ``arrival`` and ``watermark`` fields are the same on
-every runner.
+The replay decides, from a seed, the order in which records arrive and the
+event-time watermark in force at each arrival. One arrival plan decides
+both, :func:`replay_schedule` applies it to a list of records and
+:func:`iter_replay` to a source read as it goes, and every mode of
+:class:`ReadEvents` replays it, so a record's ``arrival`` and ``watermark``
+fields are the same on every runner.
 
 The schedule:
 
@@ -24,11 +25,14 @@ was malformed) are never moved or held back.
 """
 
 import argparse
+import collections
 import dataclasses
 import functools
+import itertools
 import logging
 import math
-from typing import Any, Iterable, List, Optional, Tuple
+import threading
+from typing import Any, Deque, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -180,30 +184,101 @@ def replay_schedule(records: Iterable[SourceRecord], config: ReplayConfig) -> li
 
     The result depends only on the records (in file order) and the config.
     A record chosen as late arrives with ``watermark - event_time >=
-    late_delay``.
+    late_delay``. :func:`iter_replay` yields the same records from a source
+    without holding them all.
     """
     records = list(records)
-    times = np.array(
-        [np.nan if record.event_time is None else record.event_time for record in records],
-        dtype=np.float64,
-    )
+    plan = _plan_arrivals(np.array([_event_time(record) for record in records], dtype=np.float64), config)
+    order = np.empty_like(plan.positions)
+    order[plan.positions] = np.arange(len(order))
+    return [
+        records[index]._replace(arrival=position, watermark=watermark)
+        for position, (index, watermark) in enumerate(zip(order.tolist(), plan.watermarks.tolist()))
+    ]
+
+
+class _WatermarkClock:
+    """The replay's watermark, moved after every ``records_per_watermark_update`` arrivals."""
+
+    def __init__(self, config: ReplayConfig):
+        self._per_update = config.records_per_watermark_update
+        self._bound = config.max_out_of_orderness
+        self._max_seen = -math.inf
+        self._arrived = 0
+        self.watermark = MIN_WATERMARK_SECONDS
+
+    def arrive(self, event_time: float) -> float:
+        """Count one arrival (``event_time`` NaN when unknown); return the watermark it arrived under."""
+        watermark = self.watermark
+        if event_time > self._max_seen:
+            self._max_seen = event_time
+        self._arrived += 1
+        if self._arrived % self._per_update == 0:
+            self.catch_up()
+        return watermark
+
+    def catch_up(self) -> None:
+        """Move the watermark to the newest event time seen, minus the out-of-orderness bound."""
+        self.watermark = max(self.watermark, self._max_seen - self._bound)
+
+
+class _ArrivalPlan(NamedTuple):
+    """The arrival of every record, in 16 bytes per record.
+
+    ``positions[i]`` is the arrival position of the i-th record in file
+    order, and ``watermarks[p]`` the watermark in force at arrival position p.
+    """
+
+    positions: np.ndarray
+    watermarks: np.ndarray
+
+
+def _plan_arrivals(times: np.ndarray, config: ReplayConfig) -> _ArrivalPlan:
+    """Return the arrival plan of records with event ``times`` (NaN where unknown), in file order."""
     late = _choose_late(times, config)
     base_order = _disordered_order(times, late, config)
 
     # Stable sort by event time, so held-back records are released in the
     # order the watermark passes them.
     late_indices = np.flatnonzero(late)
-    late_order = late_indices[np.argsort(times[late_indices], kind="stable")]
+    late_order = late_indices[np.argsort(times[late_indices], kind="stable")].tolist()
 
-    schedule = _assign_watermarks(records, times, base_order, late_order, config)
+    positions = np.empty(len(times), dtype=np.int64)
+    watermarks = np.empty(len(times), dtype=np.float64)
+    event_times = times.tolist()
+    clock = _WatermarkClock(config)
+    arrived = 0
+
+    def arrive(index: int) -> None:
+        nonlocal arrived
+        positions[index] = arrived
+        watermarks[arrived] = clock.arrive(event_times[index])
+        arrived += 1
+
+    next_late = 0
+    for index in base_order.tolist():
+        while next_late < len(late_order) and clock.watermark - event_times[late_order[next_late]] >= config.late_delay:
+            arrive(late_order[next_late])
+            next_late += 1
+        arrive(index)
+
+    if next_late < len(late_order):
+        # The input ended before the watermark passed these records. Update it
+        # now, without waiting for a full chunk: at the final watermark every
+        # record chosen as late is far enough behind it.
+        clock.catch_up()
+        for index in late_order[next_late:]:
+            arrive(index)
+
     _LOGGER.info(
-        "Replay schedule: %d records, %d held back as late, %d behind the watermark "
-        "on arrival.",
-        len(schedule),
-        len(late_order),
-        sum(1 for record in schedule if _is_behind_watermark(record)),
+        "Replay plan: %d records, %d held back as late, %d behind the watermark on arrival.",
+        len(times), len(late_order), int(np.count_nonzero(times < watermarks[positions])),
     )
-    return schedule
+    return _ArrivalPlan(positions, watermarks)
+
+
+def _event_time(record: SourceRecord) -> float:
+    return math.nan if record.event_time is None else record.event_time
 
 
 def _choose_late(times: np.ndarray, config: ReplayConfig) -> np.ndarray:
@@ -251,45 +326,6 @@ def _disordered_order(times: np.ndarray, late: np.ndarray, config: ReplayConfig)
     return base[order]
 
 
-def _assign_watermarks(records, times, base_order, late_order, config) -> list:
-    per_update = config.records_per_watermark_update
-    bound = config.max_out_of_orderness
-    schedule = []
-    watermark = MIN_WATERMARK_SECONDS
-    max_seen = -math.inf
-
-    def arrive(index: int) -> None:
-        nonlocal watermark, max_seen
-        schedule.append(records[index]._replace(arrival=len(schedule), watermark=watermark))
-        if times[index] > max_seen:
-            max_seen = float(times[index])
-        if len(schedule) % per_update == 0:
-            watermark = max(watermark, max_seen - bound)
-
-    next_late = 0
-    for index in base_order:
-        while (
-            next_late < len(late_order)
-            and watermark - times[late_order[next_late]] >= config.late_delay
-        ):
-            arrive(int(late_order[next_late]))
-            next_late += 1
-        arrive(int(index))
-
-    if next_late < len(late_order):
-        # The input ended before the watermark passed these records. Update it
-        # now, without waiting for a full chunk: at the final watermark every
-        # record chosen as late is far enough behind it.
-        watermark = max(watermark, max_seen - bound)
-        for index in late_order[next_late:]:
-            arrive(int(index))
-    return schedule
-
-
-def _is_behind_watermark(record: SourceRecord) -> bool:
-    return record.event_time is not None and record.event_time < record.watermark
-
-
 def record_timestamp(record: SourceRecord) -> Timestamp:
     """Return the element timestamp of a replayed record.
 
@@ -300,15 +336,54 @@ def record_timestamp(record: SourceRecord) -> Timestamp:
     return to_beam_timestamp(seconds)
 
 
-# TODO: stream the schedule without keeping it when no disorder or late data is configured; it costs about 740 bytes per sea event.
-@functools.lru_cache(maxsize=2)
-def replay_records(source_config: SourceConfig, replay_config: ReplayConfig) -> tuple:
-    """Read a source and return its replay schedule, cached per process.
+def iter_replay(source_config: SourceConfig, replay_config: ReplayConfig, start: int = 0) -> Iterator[SourceRecord]:
+    """Yield the replay of a source from arrival position ``start`` on, reading the source as it goes.
 
-    The cache lets the splittable DoFn size, split and resume its restriction
-    without reading the source again.
+    The records equal :func:`replay_schedule` of the whole source. In file
+    order (no disorder and no late data) the replay holds one record at a
+    time. Otherwise it keeps the source's arrival plan, 16 bytes per record
+    computed from one pass over the event times, and the records that
+    arrive after some record that follows them in the file.
     """
-    return tuple(replay_schedule(read_source_records(source_config), replay_config))
+    records = read_source_records(source_config)
+    if _keeps_file_order(replay_config):
+        clock = _WatermarkClock(replay_config)
+        for record in records:
+            watermark = clock.arrive(_event_time(record))
+            if record.arrival >= start:
+                yield record._replace(watermark=watermark)
+        return
+
+    plan = _cached_plan(source_config, replay_config)
+    waiting = {}
+    position = 0
+    for index, record in enumerate(records):
+        waiting[int(plan.positions[index])] = record
+        while position in waiting:
+            record = waiting.pop(position)
+            if position >= start:
+                yield record._replace(arrival=position, watermark=float(plan.watermarks[position]))
+            position += 1
+
+
+@functools.lru_cache(maxsize=8)
+def replay_length(source_config: SourceConfig, replay_config: ReplayConfig) -> int:
+    """Return how many records the replay of a source has, cached per process."""
+    if _keeps_file_order(replay_config):
+        return sum(1 for _ in read_source_records(source_config))
+    return len(_cached_plan(source_config, replay_config).positions)
+
+
+def _keeps_file_order(config: ReplayConfig) -> bool:
+    return config.disorder_fraction == 0 and config.late_fraction == 0
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_plan(source_config: SourceConfig, replay_config: ReplayConfig) -> _ArrivalPlan:
+    # Cached so that a splittable DoFn can size and resume its restriction
+    # without reading the event times again.
+    times = np.fromiter((_event_time(record) for record in read_source_records(source_config)), dtype=np.float64)
+    return _plan_arrivals(times, replay_config)
 
 
 def block_element(records: List[SourceRecord]) -> TimestampedValue:
@@ -385,7 +460,7 @@ class _ReplayMetrics:
 
 
 class _ReplayRecordsFn(beam.DoFn):
-    """Emit the whole schedule from one impulse, for bounded pipelines."""
+    """Emit the whole replay from one impulse, for bounded pipelines."""
 
     def __init__(self, source_config: SourceConfig, replay_config: ReplayConfig,
                  blocks: Optional[BlockConfig] = None):
@@ -397,15 +472,15 @@ class _ReplayRecordsFn(beam.DoFn):
         self._metrics = _ReplayMetrics()
 
     def process(self, unused_impulse):
-        schedule = replay_records(self._source_config, self._replay_config)
+        records = iter_replay(self._source_config, self._replay_config)
         if self._blocks is None:
-            for record in schedule:
+            for record in records:
                 self._metrics.count(record)
                 yield TimestampedValue(record, record_timestamp(record))
             return
         # Batch runners ignore the watermark schedule, so blocks are cut by
         # window slot and size only. Each record keeps its own watermark field.
-        for part in self._blocks.cut(schedule, on_watermark=False):
+        for part in self._blocks.cut(records, on_watermark=False):
             for record in part:
                 self._metrics.count(record)
             yield block_element(part)
@@ -415,7 +490,7 @@ class _ReplayRestrictionProvider(RestrictionProvider):
     """Offset ranges over arrival positions of the (source, replay) element."""
 
     def initial_restriction(self, element):
-        return OffsetRange(0, len(replay_records(*element)))
+        return OffsetRange(0, replay_length(*element))
 
     def create_tracker(self, restriction):
         return OffsetRestrictionTracker(restriction)
@@ -429,16 +504,65 @@ class _ReplayRestrictionProvider(RestrictionProvider):
         yield restriction
 
 
+class _ReplayCursor:
+    """An open replay of one (source, replay) element at an arrival position, with look-ahead."""
+
+    def __init__(self, element: tuple, start: int):
+        self.element = element
+        self.position = start
+        self._records = iter_replay(*element, start=start)
+        self._ahead: Deque[SourceRecord] = collections.deque()
+
+    def peek(self, count: int) -> List[SourceRecord]:
+        """Return up to ``count`` records from the position on, without moving past them."""
+        while len(self._ahead) < count:
+            record = next(self._records, None)
+            if record is None:
+                break
+            self._ahead.append(record)
+        return list(itertools.islice(self._ahead, count))
+
+    def advance(self, count: int) -> None:
+        for _ in range(count):
+            self._ahead.popleft()
+        self.position += count
+
+
+# A splittable DoFn checkpoints before every watermark advance of the
+# schedule. Resuming from a cursor left at that position avoids reading the
+# source again from its start, which would make a replay quadratic.
+_IDLE_CURSORS: "collections.OrderedDict[tuple, _ReplayCursor]" = collections.OrderedDict()
+_IDLE_CURSORS_LOCK = threading.Lock()
+_MAX_IDLE_CURSORS = 4
+
+
+def _take_cursor(element: tuple, start: int) -> _ReplayCursor:
+    with _IDLE_CURSORS_LOCK:
+        cursor = _IDLE_CURSORS.pop((element, start), None)
+    if cursor is None:
+        if start:
+            _LOGGER.info("Reopening the replay at arrival position %d.", start)
+        cursor = _ReplayCursor(element, start)
+    return cursor
+
+
+def _keep_cursor(cursor: _ReplayCursor) -> None:
+    with _IDLE_CURSORS_LOCK:
+        _IDLE_CURSORS[(cursor.element, cursor.position)] = cursor
+        while len(_IDLE_CURSORS) > _MAX_IDLE_CURSORS:
+            _IDLE_CURSORS.popitem(last=False)
+
+
 class _ReplaySplittableFn(beam.DoFn):
-    """Emit the schedule from a splittable DoFn that reports its watermark.
+    """Emit the replay from a splittable DoFn that reports its watermark.
 
     The DoFn checkpoints before each scheduled watermark advance, so that a
     streaming runner commits one batch of records and can move the output
     watermark before the next batch.
     """
 
-    # NOTE: tested on the FnApiRunner in batch only. How closely Prism, Flink
-    # and Dataflow follow the schedule in streaming has not been measured.
+    # NOTE: tested on the FnApiRunner in batch and on Prism in streaming.
+    # How closely Flink and Dataflow follow the schedule has not been measured.
 
     def __init__(self, blocks: Optional[BlockConfig] = None):
         self._blocks = blocks
@@ -454,11 +578,15 @@ class _ReplaySplittableFn(beam.DoFn):
             ManualWatermarkEstimator.default_provider()
         ),
     ):
-        schedule = replay_records(*element)
-        position = tracker.current_restriction().start
+        cursor = _take_cursor(tuple(element), tracker.current_restriction().start)
+        try:
+            yield from self._emit(cursor, tracker, watermark_estimator)
+        finally:
+            _keep_cursor(cursor)
 
+    def _emit(self, cursor: _ReplayCursor, tracker, watermark_estimator):
         while True:
-            claimed, complete = self._claim(schedule, position, tracker)
+            claimed, complete = self._claim(cursor, tracker)
             if claimed:
                 record = claimed[-1]
                 _advance_watermark(watermark_estimator, record.watermark)
@@ -471,31 +599,33 @@ class _ReplaySplittableFn(beam.DoFn):
             if not complete:
                 return
 
-            position += len(claimed)
-            if position < len(schedule) and schedule[position].watermark > record.watermark:
+            following = cursor.peek(1)
+            if following and following[0].watermark > record.watermark:
                 tracker.defer_remainder()
                 return
 
-    def _claim(self, schedule, start: int, tracker) -> Tuple[List[SourceRecord], bool]:
-        """Claim the next record, or the records of the next block.
+    def _claim(self, cursor: _ReplayCursor, tracker) -> Tuple[List[SourceRecord], bool]:
+        """Claim the next record, or the records of the next block, and move the cursor past them.
 
         Returns the claimed records and whether all of them could be claimed;
         a failed claim means the restriction ends there.
         """
+        start = cursor.position
         if self._blocks is None:
-            part = schedule[start:start + 1]
+            part = cursor.peek(1)
         else:
-            part = next(self._blocks.cut(schedule[start:start + self._blocks.size], on_watermark=True), [])
+            part = next(self._blocks.cut(cursor.peek(self._blocks.size), on_watermark=True), [])
         claimed = []
         for offset, record in enumerate(part):
             if not tracker.try_claim(start + offset):
-                return claimed, False
+                break
             claimed.append(record)
+        cursor.advance(len(claimed))
         if not part:
             # A claim past the end marks the restriction as done for the tracker.
             tracker.try_claim(start)
             return claimed, False
-        return claimed, True
+        return claimed, len(claimed) == len(part)
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, seconds: float) -> None:
@@ -554,8 +684,8 @@ class ReadEvents(beam.PTransform):
         replay_config = self._replay_config
 
         if self._mode == "teststream":
-            schedule = replay_records(source_config, replay_config)
-            return pbegin | "ReplayTestStream" >> build_test_stream(schedule, self._blocks)
+            records = iter_replay(source_config, replay_config)
+            return pbegin | "ReplayTestStream" >> build_test_stream(records, self._blocks)
 
         impulse = pbegin | "Impulse" >> beam.Impulse()
         if self._mode == "batch":
