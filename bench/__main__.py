@@ -1,6 +1,6 @@
 """Benchmark ``online_train`` against a plain PyTorch loop, River and stock RunInference.
 
-    python -m bench                 # the default sizes, about 13 minutes on 2 cores
+    python -m bench                 # the default sizes, about 16 minutes on 2 cores (estimated)
     python -m bench --quick         # tiny sizes, a smoke run
     python -m bench --engines=fnapi --max_events=50000 --block_max_events=500000
 
@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from bench import engines as engines_lib
+from bench import fit
 from bench import inference
 from bench import memory
 from bench import profiling
@@ -47,6 +48,8 @@ DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MEMORY_SIZES = (10_000, 30_000, 100_000)
 DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_STREAMING_BLOCK_MEMORY_SIZES = (10_000, 100_000)
+DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000, 300_000)
+DEFAULT_REPLAY_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 LARGE_BLOCK_MEMORY_SIZES = (10_000_000,)
 
 
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "window, so this row shows what those per-window costs take. Empty to skip.")
     parser.add_argument("--engines", default=",".join(engines_lib.ENGINE_NAMES),
                         help=f"Comma-separated engines out of {','.join(engines_lib.ENGINE_NAMES)}. The memory "
-                             "scan covers fnapi and streaming among them; the profile always uses fnapi.")
+                             "scan covers fnapi, streaming and prism (in streaming mode) among them; the profile "
+                             "always uses fnapi.")
     parser.add_argument("--memory_sizes", default=_size_list(DEFAULT_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the per-event FnApiRunner memory scan (one child "
                              "process each; empty to skip). It stops at 10^5 because 10^6 events, one per element, "
@@ -92,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--streaming_block_memory_sizes", default=_size_list(DEFAULT_STREAMING_BLOCK_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the streaming DirectRunner memory scan in block "
                              "mode (empty to skip).")
+    parser.add_argument("--prism_streaming_memory_sizes", default=_size_list(DEFAULT_PRISM_STREAMING_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the memory scan on Prism with --streaming, in block "
+                             "mode (empty to skip). It stops at 3*10^5 events, about 100 s on 2 cores, because on "
+                             "Prism the job's memory grows with the stream (see docs/benchmarks.md).")
+    parser.add_argument("--replay_memory_sizes", default=_size_list(DEFAULT_REPLAY_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the memory scan of the job's replay alone on Prism "
+                             "with --streaming, in block mode (empty to skip); 10^6 events take about 100 s.")
     parser.add_argument("--large", action="store_true",
                         help=f"Add {_size_list(LARGE_BLOCK_MEMORY_SIZES)} events to the FnApiRunner block-mode "
                              "memory scan: about 30 minutes on 2 cores and about 20 GiB of memory, estimates from "
@@ -142,12 +153,16 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
                          f"--block_size={DEFAULT_BLOCK_SIZE}.")
     if args.quick:
         memory_sizes = block_memory_sizes = streaming_block_memory_sizes = QUICK_MEMORY_SIZES
+        prism_streaming_memory_sizes = replay_memory_sizes = QUICK_MEMORY_SIZES
         events = streaming_events = block_events = streaming_block_events = QUICK_EVENTS
     else:
         memory_sizes = _parse_sizes("--memory_sizes", args.memory_sizes)
         block_memory_sizes = _parse_sizes("--block_memory_sizes", args.block_memory_sizes)
         streaming_block_memory_sizes = _parse_sizes("--streaming_block_memory_sizes",
                                                     args.streaming_block_memory_sizes)
+        prism_streaming_memory_sizes = _parse_sizes("--prism_streaming_memory_sizes",
+                                                    args.prism_streaming_memory_sizes)
+        replay_memory_sizes = _parse_sizes("--replay_memory_sizes", args.replay_memory_sizes)
         if args.large:
             block_memory_sizes += LARGE_BLOCK_MEMORY_SIZES
         events, streaming_events = args.max_events, args.streaming_max_events
@@ -164,6 +179,9 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
                   memory.MemoryScan("fnapi", args.block_size, block_memory_sizes)]
     if "streaming" in engine_names:
         scans.append(memory.MemoryScan("streaming", args.block_size, streaming_block_memory_sizes))
+    if "prism" in engine_names:
+        scans += [memory.MemoryScan("prism_streaming", args.block_size, prism_streaming_memory_sizes),
+                  memory.MemoryScan("prism_streaming", args.block_size, replay_memory_sizes, case="replay")]
     return Sizes(events, streaming_events, block_events, streaming_block_events,
                  tuple(scan for scan in scans if scan.sizes))
 
@@ -228,17 +246,24 @@ def run_throughput(workloads: Dict[int, workload_lib.Workload], engines, sizes: 
     return rows
 
 
-def run_long_window(args, sizes: Sizes, engines) -> List[Row]:
-    """Run the plain loop and block-mode online_train on the FnApiRunner with ``--long_window``."""
+def run_long_window(args, sizes: Sizes, engines, short_rows: List[Row],
+                    short_workload: workload_lib.Workload) -> List[Row]:
+    """Run the plain loop and block-mode online_train on the FnApiRunner with ``--long_window``.
+
+    With the same runs in the job's windows (``short_rows`` over
+    ``short_workload``), the last row splits ``online_train``'s time into
+    a cost per event and a cost per serving window (:mod:`bench.fit`).
+    """
     fnapi = [engine for engine in engines if engine.name == "fnapi" and not engine.unavailable]
     if not args.long_window or not fnapi:
         return []
 
     workload = workload_lib.prepare_workload(args.dataset, sizes.block_events, window=args.long_window)
     plain, _ = throughput.run_plain_loop(workload)
+    job_case = f"online_train, {mode_label(args.block_size)}"
     rows: List[Row] = []
     with tempfile.TemporaryDirectory() as output_dir:
-        _guarded(rows, "throughput", f"online_train, {mode_label(args.block_size)}", "fnapi",
+        _guarded(rows, "throughput", job_case, "fnapi",
                  lambda: throughput.run_online_train(workload, fnapi[0], output_dir, args.block_size))
 
     rows.insert(0, plain)
@@ -246,6 +271,14 @@ def run_long_window(args, sizes: Sizes, engines) -> List[Row]:
         row.case = f"{row.case}, {args.long_window} windows"
         if row.section == "throughput" and row.events_per_s is not None:
             row.vs_plain = row.events_per_s / plain.events_per_s
+
+    short = {(row.case, row.engine): row for row in short_rows if row.events == sizes.block_events}
+    if ("plain PyTorch loop", "-") in short and (job_case, "fnapi") in short and rows[1].section == "throughput":
+        floor = fit.per_event_floor_row(
+            f"{job_case}, without per-window costs (fit)", short[("plain PyTorch loop", "-")],
+            short[(job_case, "fnapi")], plain, rows[1], len(short_workload.windows()), len(workload.windows()))
+        if floor is not None:
+            rows.append(floor)
     return rows
 
 
@@ -306,7 +339,7 @@ def main(argv=None) -> int:
     workloads = prepare_workloads(args.dataset, engines, sizes, args.block_size)
 
     rows = run_throughput(workloads, engines, sizes, args.block_size)
-    rows += run_long_window(args, sizes, engines)
+    rows += run_long_window(args, sizes, engines, rows, workloads[sizes.block_events])
     _LOGGER.info("Throughput done.")
     rows += run_inference(workloads[sizes.events], engines)
     _LOGGER.info("Inference done.")

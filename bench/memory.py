@@ -1,14 +1,22 @@
 """Peak memory and throughput as the stream grows, one child process per run.
 
 Each run starts a fresh interpreter (``python -m bench.memory``) so that
-one size's peak cannot hide the next one's, and the parent reads the
-child's peak resident set size from ``os.wait4``, the kernel's rusage of
-that child alone. That peak is often set while importing torch and Beam,
-so the child also resets its high-water mark (``/proc/self/clear_refs``)
-once the imports are done and reports the peak of the run itself.
+one size's peak cannot hide the next one's, and the child reports its
+peak resident set size from ``VmHWM`` in ``/proc/self/status``. (Its
+``ru_maxrss`` would not do: Linux carries the parent's resident set size
+at the fork over to the child.) That peak is often set while importing
+torch and Beam, so the child also resets its high-water mark
+(``/proc/self/clear_refs``) once the imports are done and reports the
+peak of the run itself.
 
-A :class:`MemoryScan` names the engine, the block size and the stream
-lengths of one series of ``online_train`` runs. The plain PyTorch loop
+On Prism the job server is a separate Go process, which neither of those
+peaks counts. For that engine the child samples the summed RSS of itself
+and all its descendant processes while the job runs
+(:class:`ProcessTreeSampler`).
+
+A :class:`MemoryScan` names the case (``online_train``, or its replay
+alone), the engine, the block size and the stream lengths of one series
+of runs. The plain PyTorch loop
 runs once at every length that any scan covers.
 """
 
@@ -17,33 +25,45 @@ import dataclasses
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from bench.engines import Engine, resolve_engines
 from bench.results import Row, mode_label
 
 _LOGGER = logging.getLogger(__name__)
 
-CASES = ("plain", "online_train")
-# The engines whose whole pipeline runs inside the child, so that the
-# child's peak RSS is the job's.
-# TODO: scan Prism too. Its Go job server is a separate process, whose memory neither VmHWM nor ru_maxrss adds to the child's.
-SCAN_ENGINES = ("fnapi", "streaming")
+CASES = ("plain", "online_train", "replay")
+# The cases that run a pipeline on a scan engine. "replay" is the job's
+# source alone (ReadEvents, then a count per window), which separates the
+# replay's memory from the memory of the rest of the job.
+PIPELINE_CASES = ("online_train", "replay")
+_CASE_LABELS = {"online_train": "online_train", "replay": "replay alone"}
+# "prism_streaming" is Prism with --streaming, where the replay is a
+# splittable DoFn (transforms.replay.choose_replay_mode).
+SCAN_ENGINES = ("fnapi", "streaming", "prism_streaming")
+# The scan engines whose job runs partly outside the child (Prism's Go job
+# server), so the child samples the RSS of its whole process tree.
+PROCESS_TREE_ENGINES = ("prism_streaming",)
+SAMPLE_PERIOD_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryScan:
-    """The stream lengths (events) at which to measure ``online_train`` on one engine and block size."""
+    """The stream lengths (events) at which to measure a pipeline case on one engine and block size."""
 
     engine: str
     block_size: int
     sizes: Tuple[int, ...]
+    case: str = "online_train"
 
     def __post_init__(self):
+        if self.case not in PIPELINE_CASES:
+            raise ValueError(f"Invalid memory scan case {self.case!r}: expected one of {', '.join(PIPELINE_CASES)}.")
         if self.engine not in SCAN_ENGINES:
             raise ValueError(f"Invalid memory scan engine {self.engine!r}: expected one of {', '.join(SCAN_ENGINES)}.")
         if self.block_size < 0:
@@ -51,15 +71,143 @@ class MemoryScan:
                              "element) or a positive number of events per element.")
 
 
+def scan_engine(name: str) -> Engine:
+    """Resolve the runner configuration of the memory scan engine ``name`` (one of SCAN_ENGINES).
+
+    ``prism_streaming`` resolves Prism, which builds it with Go when no
+    binary is cached, and keeps its ``unavailable`` reason when that fails.
+    """
+    if name not in SCAN_ENGINES:
+        raise ValueError(f"Invalid memory scan engine {name!r}: expected one of {', '.join(SCAN_ENGINES)}.")
+    if name != "prism_streaming":
+        return resolve_engines([name])[0]
+
+    prism = resolve_engines(["prism"])[0]
+    pipeline_args = prism.pipeline_args + ("--streaming",) if not prism.unavailable else ()
+    return dataclasses.replace(prism, name=name, description=f"{prism.description}, --streaming",
+                               pipeline_args=pipeline_args)
+
+
+class ProcessTreeSampler:
+    """Sample the summed resident set size of a process and all its descendants.
+
+    A daemon thread reads VmRSS from ``/proc/<pid>/status`` of the root
+    process and of every process below it (found from the parent ids in
+    ``/proc/*/stat``) about every ``period_s`` seconds, from :meth:`start`
+    to :meth:`stop`. A page shared by several processes counts once in each
+    of them, and a peak shorter than the period can fall between two
+    samples. Needs Linux.
+    """
+
+    def __init__(self, root_pid: Optional[int] = None, period_s: float = SAMPLE_PERIOD_S):
+        if period_s <= 0:
+            raise ValueError(f"Invalid period_s {period_s}: expected a positive number of seconds, such as 0.1.")
+        self.root_pid = os.getpid() if root_pid is None else root_pid
+        self.period_s = period_s
+        self.start_mb: Optional[float] = None
+        self.peak_mb = 0.0
+        self.max_processes = 0
+        self.samples = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="ProcessTreeSampler", daemon=True)
+
+    def start(self) -> "ProcessTreeSampler":
+        """Take the first sample, which sets ``start_mb``, then keep sampling in the background."""
+        rss_mb, _ = self._sample()
+        self.start_mb = rss_mb
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the background thread, then take a last sample."""
+        self._stopped.set()
+        self._thread.join()
+        self._sample()
+
+    def __enter__(self) -> "ProcessTreeSampler":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stopped.wait(self.period_s):
+            self._sample()
+
+    def _sample(self) -> Tuple[float, int]:
+        rss_mb, processes = tree_rss_mb(self.root_pid)
+        self.peak_mb = max(self.peak_mb, rss_mb)
+        self.max_processes = max(self.max_processes, processes)
+        self.samples += 1
+        return rss_mb, processes
+
+
+def tree_rss_mb(root_pid: int) -> Tuple[float, int]:
+    """Return the summed VmRSS (MiB) of ``root_pid`` and its descendants, and how many processes that is.
+
+    Processes that exit while they are read, and zombies (which have no
+    VmRSS), add nothing.
+    """
+    root_kib = _status_kib(root_pid, "VmRSS")
+    if root_kib is None:
+        raise RuntimeError(f"Cannot read VmRSS from /proc/{root_pid}/status: the process has exited or this is "
+                           "not Linux.")
+
+    total_kib, processes = root_kib, 1
+    for pid in descendant_pids(root_pid):
+        rss_kib = _status_kib(pid, "VmRSS")
+        if rss_kib is not None:
+            total_kib += rss_kib
+            processes += 1
+    return total_kib / 1024, processes
+
+
+def descendant_pids(root_pid: int) -> List[int]:
+    """Return the ids of the processes below ``root_pid`` in the process tree, parents first."""
+    # /proc/<pid>/task/<tid>/children would be cheaper, but kernels built
+    # without CONFIG_PROC_CHILDREN lack it, so this reads every parent id.
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent_pid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+
+    found = []
+    pending = list(children.get(root_pid, ()))
+    while pending:
+        pid = pending.pop(0)
+        found.append(pid)
+        pending += children.get(pid, ())
+    return found
+
+
+def _parent_pid(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:  # The process exited after os.listdir saw it.
+        return None
+    # The command name in brackets may contain spaces and ")", so the
+    # fields after it (state, then parent id) start after the last ")".
+    return int(text[text.rindex(")") + 2:].split()[1])
+
+
 def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
               engine: str = "fnapi", block_size: int = 0) -> dict:
     """Run one case in a child interpreter; return its report plus ``peak_rss_mb``.
 
     ``engine`` and ``block_size`` (``online_train``'s ``--block_size``)
-    apply to the ``online_train`` case only. ``peak_rss_mb`` is
-    ``ru_maxrss`` (KiB on Linux) of the child, in MiB. The report has
+    apply to the pipeline cases only. ``peak_rss_mb`` is the child's
+    peak resident set size in MiB, imports included. The report has
     ``start_rss_mb`` (after the imports) and ``run_peak_rss_mb`` (the
     high-water mark after that, None where the kernel cannot reset it).
+    On the PROCESS_TREE_ENGINES it also has the summed RSS of the child and
+    its descendants at the run's start and its sampled peak
+    (``tree_start_rss_mb``, ``tree_peak_rss_mb``, both MiB), the most
+    processes seen at once (``tree_max_processes``), the number of samples
+    (``tree_samples``) and their period (``tree_period_ms``). Those fields
+    are None on the other engines.
     """
     command = [
         sys.executable, "-m", "bench.memory", f"--case={case}", f"--dataset={dataset}",
@@ -71,16 +219,12 @@ def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
         output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
+        if process.wait() != 0:
             stderr.seek(0)
             tail = stderr.read()[-2000:].decode("utf-8", errors="replace")
             raise RuntimeError(f"bench.memory {' '.join(command[3:])} failed "
                                f"with exit code {process.returncode}: {tail}")
-    report = json.loads(output.decode().strip().splitlines()[-1])
-    report["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return report
+    return json.loads(output.decode().strip().splitlines()[-1])
 
 
 def memory_rows(dataset: str, scans: Sequence[MemoryScan], torch_threads: int) -> List[Row]:
@@ -88,14 +232,16 @@ def memory_rows(dataset: str, scans: Sequence[MemoryScan], torch_threads: int) -
 
     The first row is the peak after the imports alone, which every case
     pays, as the first child measured it before running anything. A child
-    that fails adds a row with its error, and the scan goes on.
+    that fails adds a row with its error, and the scan goes on. A scan whose
+    engine cannot run here (``Engine.unavailable``) adds one row with the
+    reason, after the measured rows.
     """
+    scans, skipped = _drop_unavailable(scans)
     rows: List[Row] = []
     base_mb = None
     for size in sorted({size for scan in scans for size in scan.sizes}):
         runs = [("plain", "plain PyTorch loop", "-", 0)]
-        runs += [("online_train", f"online_train, {mode_label(scan.block_size)}", scan.engine, scan.block_size)
-                 for scan in scans if size in scan.sizes]
+        runs += [(scan.case, _scan_label(scan), scan.engine, scan.block_size) for scan in scans if size in scan.sizes]
         for case, label, engine, block_size in runs:
             try:
                 report = run_child(case, dataset, size, torch_threads,
@@ -111,7 +257,22 @@ def memory_rows(dataset: str, scans: Sequence[MemoryScan], torch_threads: int) -
                 rows.append(Row("memory", "imports only (beam, torch, river)", events=0,
                                 detail=f"peak RSS {base_mb:.0f} MiB", peak_rss_mb=base_mb))
             rows.append(_memory_row(f"{label}, peak RSS", engine, size, report, base_mb))
-    return rows
+    return rows + skipped
+
+
+def _drop_unavailable(scans: Sequence[MemoryScan]) -> Tuple[List[MemoryScan], List[Row]]:
+    """Split ``scans`` into those whose engine can run here and a skipped row for each other one."""
+    unavailable = {name: scan_engine(name).unavailable for name in {scan.engine for scan in scans}}
+    runnable = [scan for scan in scans if not unavailable[scan.engine]]
+    skipped = [
+        Row("memory", f"{_scan_label(scan)}, peak RSS", scan.engine, detail=f"skipped: {unavailable[scan.engine]}")
+        for scan in scans if unavailable[scan.engine]
+    ]
+    return runnable, skipped
+
+
+def _scan_label(scan: MemoryScan) -> str:
+    return f"{_CASE_LABELS[scan.case]}, {mode_label(scan.block_size)}"
 
 
 def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float) -> Row:
@@ -121,6 +282,14 @@ def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float)
         run_peak_mb = report["run_peak_rss_mb"]
         growth = run_peak_mb - report["start_rss_mb"]
         detail += f"; run peak {run_peak_mb:.0f} MiB, {growth:+.0f} over its start"
+    if report.get("tree_peak_rss_mb") is not None:
+        # The job's memory includes Prism's job server, so the plot draws the process tree's peak.
+        run_peak_mb = report["tree_peak_rss_mb"]
+        growth = run_peak_mb - report["tree_start_rss_mb"]
+        detail += (f"; job peak {run_peak_mb:.0f} MiB, {growth:+.0f} over its start: VmRSS summed over the child "
+                   f"and its descendants (up to {report['tree_max_processes']} processes, Prism's job server "
+                   f"included), sampled every {report['tree_period_ms']:.0f} ms ({report['tree_samples']} "
+                   "samples), so a shorter peak can be missed")
     return Row(
         "memory", case, engine, events=size, seconds=report["seconds"],
         events_per_s=size / report["seconds"], detail=detail, peak_rss_mb=run_peak_mb,
@@ -147,13 +316,18 @@ def _child_main(argv=None) -> None:
 
     torch.set_num_threads(args.torch_threads)
     from bench import throughput, workload
-    from bench.engines import resolve_engines
     from pipelines import online_train
 
-    engine = resolve_engines([args.engine])[0]
-    imports_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    on_engine = args.case in PIPELINE_CASES
+    engine = scan_engine(args.engine)
+    if on_engine and engine.unavailable:
+        parser.error(f"--engine={args.engine} cannot run here: {engine.unavailable}.")
+    sampler = ProcessTreeSampler() if on_engine and args.engine in PROCESS_TREE_ENGINES else None
+    imports_rss_mb = _proc_status_mb("VmHWM")
     start_rss_mb = _proc_status_mb("VmRSS")
     can_reset = _reset_peak_rss()
+    if sampler is not None:
+        sampler.start()
     started = time.perf_counter()
     if args.case == "plain":
         throughput.run_plain_loop(workload.prepare_workload(args.dataset, args.max_events))
@@ -162,24 +336,80 @@ def _child_main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as output_dir:
             job_args = workload.job_args(args.dataset, args.max_events)
             online_train.run(throughput.online_train_argv(job_args, output_dir, engine, args.block_size))
+    elif args.case == "replay":
+        _run_replay(args.dataset, args.max_events, engine, args.block_size)
     seconds = time.perf_counter() - started
-    on_engine = args.case == "online_train"
+    if sampler is not None:
+        sampler.stop()
+
+    run_peak_rss_mb = _proc_status_mb("VmHWM") if can_reset else None
     print(json.dumps({
         "case": args.case, "engine": args.engine if on_engine else None,
         "block_size": args.block_size if on_engine else None,
         "max_events": args.max_events, "seconds": seconds,
         "imports_peak_rss_mb": imports_rss_mb, "start_rss_mb": start_rss_mb,
-        "run_peak_rss_mb": _proc_status_mb("VmHWM") if can_reset else None,
+        "run_peak_rss_mb": run_peak_rss_mb,
+        "peak_rss_mb": _proc_status_mb("VmHWM") if run_peak_rss_mb is None else max(imports_rss_mb, run_peak_rss_mb),
+        **_tree_fields(sampler),
     }))
+
+
+def _run_replay(dataset: str, max_events: int, engine: Engine, block_size: int) -> None:
+    """Run the job's replay of a stream alone: ReadEvents in the job's mode and blocks, then a count per window."""
+    import apache_beam as beam
+
+    from bench import workload
+    from pipelines import common, online_train
+    from transforms import replay, sources, windowing
+    from transforms.blocks import block_config
+
+    args, _ = online_train.build_parser().parse_known_args(workload.job_args(dataset, max_events))
+    source_config = sources.resolve_source_config(sources.source_config_from_args(args))
+    windowing_config = windowing.WindowingConfig.from_options(
+        argparse.Namespace(**{**vars(args), "window": online_train.default_window_spec(source_config)}))
+    serving_window_s = common.serving_window_seconds(None, windowing_config)
+    blocks = block_config(block_size, windowing_config, serving_window_s)
+    options = common.build_pipeline_options(list(engine.pipeline_args))
+
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (
+            pipeline
+            | "ReadEvents" >> replay.ReadEvents(source_config, replay.replay_config_from_args(args),
+                                                replay.choose_replay_mode(options), blocks)
+            | "WindowForCounting" >> beam.WindowInto(beam.window.FixedWindows(serving_window_s))
+            | "CountPerWindow" >> beam.CombineGlobally(beam.combiners.CountCombineFn()).without_defaults()
+        )
+
+
+def _tree_fields(sampler: Optional[ProcessTreeSampler]) -> dict:
+    if sampler is None:
+        return dict.fromkeys(("tree_start_rss_mb", "tree_peak_rss_mb", "tree_max_processes", "tree_samples",
+                              "tree_period_ms"))
+    return {
+        "tree_start_rss_mb": sampler.start_mb, "tree_peak_rss_mb": sampler.peak_mb,
+        "tree_max_processes": sampler.max_processes, "tree_samples": sampler.samples,
+        "tree_period_ms": sampler.period_s * 1000,
+    }
 
 
 def _proc_status_mb(field: str) -> float:
     """Return a ``/proc/self/status`` memory field (reported in kB) in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field} line; the memory scan needs Linux.")
+    kib = _status_kib(os.getpid(), field)
+    if kib is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line; the memory scan needs Linux.")
+    return kib / 1024
+
+
+def _status_kib(pid: int, field: str) -> Optional[int]:
+    """Return a ``/proc/<pid>/status`` memory field in KiB, or None when the process has exited or lacks it."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:  # The process exited.
+        return None
+    return None
 
 
 def _reset_peak_rss() -> bool:

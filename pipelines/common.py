@@ -3,9 +3,9 @@
 import logging
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
 from transforms.windowing import parse_duration
 
@@ -29,6 +29,32 @@ def serving_window_seconds(serving_window: Optional[str], windowing_config) -> f
             "for example --serving_window=5m."
         )
     return seconds
+
+
+# Beam 2.77 opens a portable job's state and message streams with
+# --job_server_timeout as their deadline, so with its default of 300 s any
+# run on Prism or Flink longer than five minutes fails with
+# DEADLINE_EXCEEDED, although the flag's help states that it does not bound the run.
+LONG_JOB_SERVER_TIMEOUT_S = 365 * 24 * 3600
+_PORTABLE_RUNNERS = ("prismrunner", "prism", "flinkrunner", "flink", "portablerunner", "portable")
+
+
+def build_pipeline_options(pipeline_args: List[str]) -> PipelineOptions:
+    """Return the PipelineOptions of ``pipeline_args``, ready for a long run.
+
+    On Prism, Flink and the PortableRunner, a ``--job_server_timeout`` that
+    the arguments do not set becomes :data:`LONG_JOB_SERVER_TIMEOUT_S`
+    (one year), so that the job is not cut off after five minutes.
+    """
+    options = PipelineOptions(pipeline_args)
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    explicit = any(arg.split("=", 1)[0] in ("--job_server_timeout", "--job-server-timeout") for arg in pipeline_args)
+    if name and name.rsplit(".", 1)[-1].lower() in _PORTABLE_RUNNERS and not explicit:
+        options.view_as(PortableOptions).job_server_timeout = LONG_JOB_SERVER_TIMEOUT_S
+        _LOGGER.info("Setting --job_server_timeout=%d: Beam's default of 300 s would end runs longer than "
+                     "five minutes; pass the flag to choose another limit.", LONG_JOB_SERVER_TIMEOUT_S)
+    return options
 
 
 # The FnApiRunner (Beam 2.77) merges each stage's metrics by wrapping the

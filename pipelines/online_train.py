@@ -22,7 +22,7 @@ from typing import List, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from ml.models import CLASSIFICATION, ModelSpec
 from ml.store import ModelStore
@@ -363,7 +363,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     """Build and run the pipeline; return the report summary."""
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
-    options = PipelineOptions(pipeline_args)
+    options = common.build_pipeline_options(pipeline_args)
     streaming = options.view_as(StandardOptions).streaming
 
     source_config = sources.source_config_from_args(args)

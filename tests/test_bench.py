@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from bench import __main__ as bench_main
 from bench import engines as engines_lib
+from bench import fit
 from bench import memory
 from bench import report
 from bench.results import Row, markdown_table
@@ -32,6 +34,7 @@ QUICK_ROWS = {
     "throughput/plain PyTorch loop, fixed:1h windows/-",
     "throughput/online_train, blocks of 64, fixed:1h windows/fnapi",
     "freshness/version to first prediction, blocks of 64, fixed:1h windows/fnapi",
+    "throughput/online_train, blocks of 64, without per-window costs (fit)/fnapi",
     "peers/River StandardScaler / LogisticRegression/-",
     "peers/River HoeffdingTreeClassifier/-",
     "inference/plain model(x), batches of 256/-",
@@ -45,6 +48,19 @@ QUICK_ROWS = {
     "memory/plain PyTorch loop, peak RSS/-",
     "memory/online_train, per event, peak RSS/fnapi",
     "memory/online_train, blocks of 64, peak RSS/fnapi",
+}
+# Without Go, Prism cannot be built and its rows contain only the reason.
+QUICK_PRISM_SKIPPED_ROWS = {
+    "throughput/online_train, per event/prism",
+    "throughput/online_train, blocks of 64/prism",
+    "inference/VersionedInference/prism",
+    "memory/online_train, blocks of 64, peak RSS/prism_streaming",
+    "memory/replay alone, blocks of 64, peak RSS/prism_streaming",
+}
+QUICK_PRISM_ROWS = QUICK_PRISM_SKIPPED_ROWS | {
+    "freshness/version to first prediction, per event/prism",
+    "freshness/version to first prediction, blocks of 64/prism",
+    "inference/RunInference + PytorchModelHandlerTensor/prism",
 }
 
 
@@ -60,11 +76,17 @@ def _table_rows(output: str) -> dict:
 
 
 @pytest.fixture(scope="module")
+def prism_engine():
+    """Prism as the benchmark resolves it, building it with Go on first use."""
+    return engines_lib.resolve_engines(["prism"])[0]
+
+
+@pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     docs_dir = tmp_path_factory.mktemp("docs")
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--engines=fnapi,flink", "--block_size=64",
+        [sys.executable, "-m", "bench", "--quick", "--engines=fnapi,prism,flink", "--block_size=64",
          f"--docs_dir={docs_dir}"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
@@ -73,10 +95,10 @@ def quick_run(tmp_path_factory):
 
 
 @pytest.mark.timeout(300)
-def test_quick_run_has_every_row(quick_run):
+def test_quick_run_has_every_row(quick_run, prism_engine):
     output, _ = quick_run
     rows = _table_rows(output)
-    assert set(rows) == QUICK_ROWS
+    assert set(rows) == QUICK_ROWS | (QUICK_PRISM_SKIPPED_ROWS if prism_engine.unavailable else QUICK_PRISM_ROWS)
     failed = {key: cells["detail"] for key, cells in rows.items() if cells["detail"].startswith("failed")}
     assert failed == {}
 
@@ -111,11 +133,24 @@ def test_quick_run_memory_rows(quick_run):
 
 
 @pytest.mark.timeout(300)
+def test_quick_run_memory_prism_streaming(quick_run, prism_engine):
+    if prism_engine.unavailable:
+        pytest.skip(f"Prism's memory scan did not run: {prism_engine.unavailable}")
+    rows = _table_rows(quick_run[0])
+    for case in ("online_train", "replay alone"):
+        cells = rows[f"memory/{case}, blocks of 64, peak RSS/prism_streaming"]
+        assert cells["events"] == "600"
+        assert "; job peak " in cells["detail"]
+        assert "up to 2 processes" in cells["detail"]
+        assert "sampled every 100 ms" in cells["detail"]
+
+
+@pytest.mark.timeout(300)
 def test_quick_run_appends_docs(quick_run):
     output, docs_dir = quick_run
     with open(os.path.join(docs_dir, "benchmarks.md")) as file:
         text = file.read()
-    assert "Command: `python -m bench --quick --engines=fnapi,flink" in text
+    assert "Command: `python -m bench --quick --engines=fnapi,prism,flink" in text
     assert "Apache Beam 2.77.0" in text
     assert "| throughput | online_train, blocks of 64 | fnapi | 600 |" in text
     assert "**online_train (fnapi, blocks of 64)**: 600 events" in text
@@ -125,12 +160,55 @@ def _parse(*flags):
     return bench_main.build_parser().parse_args(list(flags))
 
 
+def _timed(case, engine, seconds, events=1_000):
+    return Row("throughput", case, engine, events=events, seconds=seconds, events_per_s=events / seconds)
+
+
+def test_fit_costs_known_answer():
+    # 1,000 events at 100 us each, plus 10 ms per window, over 10 and 2 windows.
+    costs = fit.fit_costs(1_000, short_s=0.2, short_windows=10, long_s=0.12, long_windows=2)
+
+    assert costs.per_event_s == pytest.approx(1e-4)
+    assert costs.per_window_s == pytest.approx(0.01)
+
+
+def test_fit_costs_rejects_equal_windows():
+    with pytest.raises(ValueError, match=r"both runs have 4 serving windows; use a --long_window longer"):
+        fit.fit_costs(1_000, 0.2, 4, 0.1, 4)
+
+
+def test_per_event_floor_row_known_answer():
+    # Plain loop: 20 us per event and 1 ms per window. Job: 50 us and 20 ms.
+    plain_short, plain_long = _timed("plain", "-", 0.02 + 0.010), _timed("plain", "-", 0.02 + 0.002)
+    job_short, job_long = _timed("job", "fnapi", 0.05 + 0.2), _timed("job", "fnapi", 0.05 + 0.04)
+
+    row = fit.per_event_floor_row("job, fit", plain_short, job_short, plain_long, job_long, 10, 2)
+
+    assert row.events_per_s == pytest.approx(20_000)
+    assert row.vs_plain == pytest.approx(0.4)
+    assert "20.0 ms per serving window and 50.0 us per event, the plain loop 1.00 ms and 20.0 us" in row.detail
+
+
+def test_per_event_floor_row_noisy_and_failed():
+    plain = _timed("plain", "-", 0.02)
+    # The time fell by more than the windows explain: the fitted per-event cost is negative.
+    row = fit.per_event_floor_row("job, fit", plain, _timed("job", "fnapi", 1.0), plain,
+                                  _timed("job", "fnapi", 0.1), 10, 2)
+    assert row.events_per_s is None
+    assert row.detail.startswith("no estimate: a fitted cost per event is not positive")
+
+    failed = Row("throughput", "job", "fnapi", detail="failed: RuntimeError")
+    assert fit.per_event_floor_row("job, fit", plain, failed, plain, _timed("job", "fnapi", 0.3), 10, 2) is None
+
+
 def test_sizes_memory_scans_large():
     sizes = bench_main._sizes(_parse("--large"), ["fnapi", "streaming", "prism"])
     assert sizes.memory_scans == (
         memory.MemoryScan("fnapi", 0, (10_000, 30_000, 100_000)),
         memory.MemoryScan("fnapi", 256, (10_000, 100_000, 1_000_000, 10_000_000)),
         memory.MemoryScan("streaming", 256, (10_000, 100_000)),
+        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 300_000)),
+        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000), case="replay"),
     )
 
 
@@ -139,10 +217,17 @@ def test_sizes_quick_and_skipped_scans():
     assert (sizes.events, sizes.block_events, sizes.streaming_block_events) == (600, 600, 600)
     assert sizes.memory_scans == (memory.MemoryScan("fnapi", 0, (600,)), memory.MemoryScan("fnapi", 64, (600,)))
 
+    sizes = bench_main._sizes(_parse("--quick", "--block_size=64"), ["prism"])
+    assert sizes.memory_scans == (memory.MemoryScan("prism_streaming", 64, (600,)),
+                                  memory.MemoryScan("prism_streaming", 64, (600,), case="replay"))
+
     sizes = bench_main._sizes(_parse("--memory_sizes=", "--streaming_block_memory_sizes=5000"),
                               ["fnapi", "streaming"])
     assert [(scan.engine, scan.block_size) for scan in sizes.memory_scans] == [("fnapi", 256), ("streaming", 256)]
     assert sizes.memory_scans[1].sizes == (5_000,)
+
+    sizes = bench_main._sizes(_parse("--prism_streaming_memory_sizes=", "--replay_memory_sizes="), ["prism"])
+    assert sizes.memory_scans == ()
 
 
 def test_sizes_events_for_engine_and_mode():
@@ -167,10 +252,15 @@ def test_sizes_rejects_bad_flags():
 
 
 def test_memory_scan_rejects_bad_values():
-    with pytest.raises(ValueError, match=r"Invalid memory scan engine 'prism': expected one of fnapi, streaming"):
+    with pytest.raises(ValueError, match=r"Invalid memory scan engine 'prism': expected one of fnapi, streaming, "
+                                         r"prism_streaming"):
         memory.MemoryScan("prism", 256, (10_000,))
+    with pytest.raises(ValueError, match=r"Invalid memory scan engine 'flink'"):
+        memory.scan_engine("flink")
     with pytest.raises(ValueError, match=r"Invalid memory scan block size -1"):
         memory.MemoryScan("fnapi", -1, (10_000,))
+    with pytest.raises(ValueError, match=r"Invalid memory scan case 'plain': expected one of online_train, replay"):
+        memory.MemoryScan("fnapi", 256, (10_000,), case="plain")
 
 
 @pytest.mark.timeout(60)
@@ -179,6 +269,76 @@ def test_memory_child_streaming_blocks():
     assert (child["engine"], child["block_size"], child["max_events"]) == ("streaming", 64, 300)
     assert child["peak_rss_mb"] >= child["start_rss_mb"] > 0
     assert child["seconds"] > 0
+
+
+def test_memory_rows_skip_unavailable_prism(monkeypatch):
+    def unavailable_engine(name):
+        return engines_lib.Engine(name, "PrismRunner (LOOPBACK), --streaming", unavailable="Go is not installed")
+
+    monkeypatch.setattr(memory, "scan_engine", unavailable_engine)
+    rows = memory.memory_rows("sea", [memory.MemoryScan("prism_streaming", 256, (10_000,))], torch_threads=1)
+    assert [(row.key, row.events, row.detail) for row in rows] == [
+        ("memory/online_train, blocks of 256, peak RSS/prism_streaming", None, "skipped: Go is not installed"),
+    ]
+
+
+def test_scan_engine_prism_streaming_flags(prism_engine):
+    engine = memory.scan_engine("prism_streaming")
+    assert engine.unavailable == prism_engine.unavailable
+    if engine.unavailable:
+        assert engine.pipeline_args == ()
+        return
+    assert engine.pipeline_args[:len(prism_engine.pipeline_args)] == prism_engine.pipeline_args
+    assert engine.pipeline_args[len(prism_engine.pipeline_args):] == ("--streaming",)
+
+
+_ALLOCATE_AND_WAIT = (
+    "import sys, time\n"
+    "block = bytearray(200 * 1024 * 1024)\n"
+    "for offset in range(0, len(block), 4096): block[offset] = 1\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_descendant_pids_grandchild():
+    # A shell whose child is a sleep: both are below this process.
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(memory.descendant_pids(os.getpid())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = memory.descendant_pids(os.getpid())
+        assert found[0] == shell.pid
+        assert len(found) == 2
+    finally:
+        shell.kill()
+        shell.wait()
+
+
+@pytest.mark.timeout(60)
+def test_process_tree_sampler_child_allocation():
+    sampler = memory.ProcessTreeSampler(period_s=0.05).start()
+    child = subprocess.Popen([sys.executable, "-c", _ALLOCATE_AND_WAIT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.3)
+        sampler.stop()
+    finally:
+        child.kill()
+        child.wait()
+
+    # The child touched every page of 200 MiB, on top of an interpreter of
+    # about 10 MiB, and this process allocated nothing large meanwhile.
+    growth_mb = sampler.peak_mb - sampler.start_mb
+    assert 200 <= growth_mb < 260
+    assert sampler.max_processes == 2
+    assert sampler.samples >= 4
+
+
+def test_process_tree_sampler_rejects_bad_period():
+    with pytest.raises(ValueError, match=r"Invalid period_s 0: expected a positive number of seconds"):
+        memory.ProcessTreeSampler(period_s=0)
 
 
 def test_plot_scaling_series(tmp_path):

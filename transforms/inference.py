@@ -454,6 +454,9 @@ class VersionedInference(beam.PTransform):
         ).with_outputs(DEAD_LETTER_TAG, main="predictions")
 
     def _versions_side_input(self):
+        # NOTE: Prism (Beam 2.77) in streaming holds back a main input whose
+        # side input comes from a timer's output until the source ends, so
+        # there every prediction waits for the end of the stream.
         if self.model_selection == "as_of":
             records = self.serving_records | "WindowServingRecords" >> beam.WindowInto(
                 beam.window.FixedWindows(self.serving_window_s)
