@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.transforms.window import IntervalWindow
 
 from transforms.dead_letter import make_directory, to_json_value, window_file_name, write_file_atomically
 from transforms.records import Block, unblock
@@ -41,14 +42,24 @@ def encode_json_lines(rows: List[Any]) -> bytes:
     )
 
 
-def _keyed_rows(element, to_row: Optional[Callable]) -> Tuple[int, Any]:
-    """Convert an element (or each item of a Block) with ``to_row`` and key it for grouping."""
+def _keyed_rows(element, to_row: Optional[Callable], key_by_window: bool,
+                window=beam.DoFn.WindowParam) -> Tuple[int, Any]:
+    """Convert an element (or each item of a Block) with ``to_row`` and key it for grouping.
+
+    With ``key_by_window`` the key is the window's start, so that each key
+    has one window. Merging windows (sessions) need one key for all.
+    """
     if to_row is not None:
         if isinstance(element, Block):
             element = Block([to_row(item) for item in element.items])
         else:
             element = to_row(element)
-    # One shard per window pane, because a window's rows fit in one worker's memory.
+    # One shard per window pane, because a window's rows fit in one worker's
+    # memory. A key per window, not one for all of them, because the
+    # FnApiRunner (Beam 2.77) runs the trigger of each key over all its
+    # windows together, at a cost that grows faster than the window count.
+    if key_by_window and isinstance(window, IntervalWindow):
+        return window.start.micros, element
     return 0, element
 
 
@@ -103,7 +114,7 @@ class WriteRows(beam.PTransform):
     def expand(self, records):
         return (
             records
-            | "ToKeyedRows" >> beam.Map(_keyed_rows, self.to_row)
+            | "ToKeyedRows" >> beam.Map(_keyed_rows, self.to_row, not records.windowing.windowfn.is_merging())
             | "GroupByWindow" >> beam.GroupByKey()
             | "WriteFiles" >> beam.ParDo(
                 _WriteWindowRowsFn(self.directory, self.file_format, self.schema, self.prefix))
