@@ -1,6 +1,6 @@
 """Benchmark ``online_train`` against a plain PyTorch loop, River and stock RunInference.
 
-    python -m bench                 # the default sizes, about 16 minutes on 2 cores (estimated)
+    python -m bench                 # the default sizes, about 17 minutes on 2 cores
     python -m bench --quick         # tiny sizes, a smoke run
     python -m bench --engines=fnapi --max_events=50000 --block_max_events=500000
 
