@@ -457,6 +457,7 @@ class VersionedInference(beam.PTransform):
         # NOTE: Prism (Beam 2.77) in streaming holds back a main input whose
         # side input comes from a timer's output until the source ends, so
         # there every prediction waits for the end of the stream.
+        # TODO: join events with their window's serving record in state, so that serving does not depend on side-input readiness.
         if self.model_selection == "as_of":
             records = self.serving_records | "WindowServingRecords" >> beam.WindowInto(
                 beam.window.FixedWindows(self.serving_window_s)
