@@ -142,9 +142,9 @@ def test_prism_matches_direct_runner(batch_output, prism_location, tmp_path, str
     summary = _run(str(tmp_path), *args, *SMALL)
 
     # NOTE: in streaming this fails about once in four runs while two other
-    # processes keep both cores busy: a few events of the second serving
-    # window get the initial version, as if Prism had made that window's
-    # side input ready before the trainer's serving record for it arrived.
+    # processes keep both cores busy. A few events of the second serving
+    # window then get the initial version, as if Prism had made that
+    # window's side input ready before the trainer's serving record arrived.
     assert _versions_by_id(str(tmp_path)) == _versions_by_id(batch_output[0])
     for key in ("online_accuracy", "online_log_loss"):
         assert summary[key] == pytest.approx(batch_output[1][key], rel=1e-6), key
