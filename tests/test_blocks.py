@@ -32,30 +32,14 @@ from transforms.dead_letter import read_dead_letters
 from transforms.records import Block, DeadLetter, Event, SourceRecord, unblock
 from transforms.replay import ReadEvents, iter_replay, record_timestamp
 from transforms.sources import SourceConfig, resolve_source_config
-from transforms.timestamps import MIN_WATERMARK_SECONDS
 from transforms.windowing import WindowingConfig
 
-from tests.test_replay import DISORDERED, SEA_SOURCE
+from tests.test_replay import DISORDERED, SEA_SOURCE, make_records
 
 # 2024-01-01T00:00:00Z
 NEW_YEAR = 1704067200.0
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 SECOND = 1_000_000
-
-
-def make_records(times, watermarks=None):
-    """SourceRecords in arrival order with the given event times (None: unparsed) and watermarks."""
-    watermarks = watermarks or [MIN_WATERMARK_SECONDS] * len(times)
-    return [
-        SourceRecord(
-            row={"id": f"r{index}"},
-            event_time=time,
-            arrival=index,
-            watermark=watermark,
-            timestamp_error=None if time is not None else "missing timestamp",
-        )
-        for index, (time, watermark) in enumerate(zip(times, watermarks))
-    ]
 
 
 def arrivals(blocks):

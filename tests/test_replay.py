@@ -55,17 +55,18 @@ DISORDERED = ReplayConfig(
 )
 
 
-def make_records(times):
-    """SourceRecords in file order with the given event times (None: unparsed)."""
+def make_records(times, watermarks=None):
+    """SourceRecords in file order with the given event times (None: unparsed) and watermarks."""
+    watermarks = watermarks or [MIN_WATERMARK_SECONDS] * len(times)
     return [
         SourceRecord(
             row={"id": f"r{index}"},
             event_time=time,
             arrival=index,
-            watermark=MIN_WATERMARK_SECONDS,
+            watermark=watermark,
             timestamp_error=None if time is not None else "missing timestamp",
         )
-        for index, time in enumerate(times)
+        for index, (time, watermark) in enumerate(zip(times, watermarks))
     ]
 
 
