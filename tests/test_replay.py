@@ -273,6 +273,18 @@ def test_sdf_reads_source_once_per_pass(monkeypatch):
     assert len(opened) == 2
 
 
+def test_sdf_tracker_rejects_dynamic_splits():
+    from apache_beam.io.restriction_trackers import OffsetRange
+
+    tracker = replay._ReplayRestrictionProvider().create_tracker(OffsetRange(0, 100))
+    assert tracker.try_claim(10)
+
+    assert tracker.try_split(0.5) is None
+    assert tracker.current_restriction() == OffsetRange(0, 100)
+    primary, residual = tracker.try_split(0)
+    assert (primary, residual) == (OffsetRange(0, 11), OffsetRange(11, 100))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

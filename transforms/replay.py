@@ -486,6 +486,22 @@ class _ReplayRecordsFn(beam.DoFn):
             yield block_element(part)
 
 
+class _CheckpointOnlyTracker(OffsetRestrictionTracker):
+    """An offset tracker that checkpoints but rejects dynamic splits.
+
+    A runner may split a running restriction to process its residual in
+    parallel. Prism (Beam 2.77) does so in streaming. The residual then
+    replays later arrivals at once, and its watermark runs ahead of the
+    records the primary has yet to emit, which a GroupByKey downstream
+    drops as late. A checkpoint (a split at fraction 0) keeps the order.
+    """
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+
 class _ReplayRestrictionProvider(RestrictionProvider):
     """Offset ranges over arrival positions of the (source, replay) element."""
 
@@ -493,7 +509,7 @@ class _ReplayRestrictionProvider(RestrictionProvider):
         return OffsetRange(0, replay_length(*element))
 
     def create_tracker(self, restriction):
-        return OffsetRestrictionTracker(restriction)
+        return _CheckpointOnlyTracker(restriction)
 
     def restriction_size(self, element, restriction):
         return restriction.size()
