@@ -454,7 +454,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         device=args.device,
         torch_threads=args.torch_threads or None,
         blocks=blocks is not None,
-        reshuffle_side_input=not streaming,
+        allowed_lateness_s=windowing_config.lateness_rule().max_delay_s(),
     )
     predictions = served.predictions
 

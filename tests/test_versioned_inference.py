@@ -116,3 +116,44 @@ def test_prism_agrees_with_direct_runner(events, batch_run, prism_location, stre
     assert prism_versions == {key: p.model_version for key, p in batch_run["predictions"].items()}
     for key, prediction in batch_run["predictions"].items():
         np.testing.assert_allclose(prism_run["predictions"][key].prediction, prediction.prediction, rtol=1e-5)
+
+
+def _applied_labels(pipeline_args, **kwargs):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.inference import SafetensorsModelHandler, VersionedInference
+
+    pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
+    events = pipeline | "Events" >> beam.Create([])
+    records = pipeline | "Records" >> beam.Create([])
+    initial = _version(0, float("-inf"))
+    _ = events | "Serve" >> VersionedInference(
+        SafetensorsModelHandler("/store"), WINDOW_S, initial, serving_records=records,
+        published_versions=records, **kwargs)
+    return {transform.full_label for transform in pipeline.transforms_stack[0].parts[-1].parts}
+
+
+@pytest.mark.parametrize("pipeline_args, kwargs, joined", [
+    ([], {}, False),
+    (["--runner=PrismRunner"], {}, False),
+    (["--runner=PrismRunner", "--streaming"], {}, True),
+    (["--runner=FlinkRunner", "--streaming"], {}, True),
+    (["--runner=DirectRunner", "--streaming"], {}, False),
+    (["--runner=PrismRunner", "--streaming"], {"model_selection": "latest"}, False),
+    (["--runner=PrismRunner"], {"serving_join": "group_by_key"}, True),
+    (["--runner=PrismRunner", "--streaming"], {"serving_join": "side_input"}, False),
+])
+def test_serving_join_choice(pipeline_args, kwargs, joined):
+    labels = _applied_labels(pipeline_args, **kwargs)
+
+    assert ("Serve/JoinServingRecords" in labels) == joined
+    assert ("Serve/WindowForServing" in labels) != joined
+
+
+def test_serving_join_rejects_latest_selection():
+    from transforms.inference import SafetensorsModelHandler, VersionedInference
+
+    with pytest.raises(ValueError, match="serving_join='group_by_key' pairs events with serving records"):
+        VersionedInference(SafetensorsModelHandler("/store"), WINDOW_S, _version(0, 0.0),
+                           model_selection="latest", serving_join="group_by_key")

@@ -6,11 +6,13 @@ predicted by a model trained on labels from its future. Here each event
 picks its version itself:
 
 * ``as_of`` (default): the newest version whose training watermark is at
-  or before the event's time. Versions arrive as :class:`ServingRecord`s
-  windowed in the same fixed windows as the events, so the main input of a
-  window waits for its record and the choice is the same on every runner.
-  An empty window means no trained version existed yet: the initial
-  version serves.
+  or before the event's time. The trainer emits one :class:`ServingRecord`
+  per fixed serving window, and each event waits for its window's record,
+  so the choice is the same on every runner. A window without a record
+  means no trained version existed yet: the initial version serves. In
+  batch, and on the DirectRunner, the records are a side input windowed
+  like the events. In streaming on other runners a GroupByKey per serving
+  window joins them with the events (:mod:`transforms.serving_join`).
 * ``latest``: the newest version published so far, from a side input in
   the global window that fires on every update. Freshest for live streams,
   but it depends on processing time and is not reproducible.
@@ -30,19 +32,24 @@ import numpy as np
 import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
 
 from ml.backpressure import BatchSizeController, cuda_memory_probe, rss_memory_probe
 from ml.models import CLASSIFICATION, ModelSpec, build_model
 from ml.oom import run_with_oom_split
 from ml.store import ModelStore, PublishedVersion
 from transforms.records import Block, DeadLetter, Event
+from transforms.serving_join import JoinServingRecords, select_as_of, window_for_serving
 from transforms.store_io import BeamFileSystem
-from transforms.training import ServingRecord, set_torch_threads
+from transforms.training import set_torch_threads
 
 _LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "VersionedInference"
 MODEL_SELECTIONS = ("as_of", "latest")
+SERVING_JOINS = ("side_input", "group_by_key")
+_DIRECT_RUNNERS = (SwitchingDirectRunner, BundleBasedDirectRunner)
 DEVICES = ("auto", "cpu", "cuda")
 DEAD_LETTER_TAG = "dead_letter"
 
@@ -174,16 +181,6 @@ class SafetensorsModelHandler(ModelHandler[Event, Any, torch.nn.Module]):
         return self._batch_kwargs
 
 
-def select_as_of(event_time: float, records: Iterable[ServingRecord], fallback: PublishedVersion) -> PublishedVersion:
-    """Return the newest version trained on labels at or before ``event_time``."""
-    best = fallback
-    for record in records:
-        version = record.version
-        if version.training_watermark <= event_time and version.version > best.version:
-            best = version
-    return best
-
-
 def select_latest(records: Iterable[PublishedVersion], fallback: PublishedVersion) -> PublishedVersion:
     """Return the highest version published so far."""
     best = fallback
@@ -282,13 +279,20 @@ class _VersionedInferenceDoFn(beam.DoFn):
     def process(self, batch, versions=()):
         events = batch.items if isinstance(batch, Block) else batch
         versions = list(versions)
-        by_version: Dict[int, list] = collections.defaultdict(list)
-        chosen: Dict[int, PublishedVersion] = {}
+        pairs = []
         for event in events:
             if self._selection == "as_of":
                 version = select_as_of(event.event_time, versions, self._initial)
             else:
                 version = select_latest(versions, self._initial)
+            pairs.append((version, event))
+        yield from self._serve(pairs, isinstance(batch, Block))
+
+    def _serve(self, pairs, as_block: bool):
+        """Predict each ``(version, event)`` pair; yield the predictions and dead letters."""
+        by_version: Dict[int, list] = collections.defaultdict(list)
+        chosen: Dict[int, PublishedVersion] = {}
+        for version, event in pairs:
             by_version[version.version].append(event)
             chosen[version.version] = version
 
@@ -301,7 +305,7 @@ class _VersionedInferenceDoFn(beam.DoFn):
                 predictions.extend(served)
                 yield from dead_letters
 
-        if isinstance(batch, Block):
+        if as_block:
             if predictions:
                 yield beam.window.TimestampedValue(
                     Block(predictions), min(prediction.event_time for prediction in predictions))
@@ -381,6 +385,21 @@ class _VersionedInferenceDoFn(beam.DoFn):
         ))
 
 
+class _JoinedInferenceDoFn(_VersionedInferenceDoFn):
+    """Predict events that :class:`JoinServingRecords` paired with their versions.
+
+    Takes ``(version, Block)`` pairs, or lists of ``(version, event)`` pairs
+    from ``BatchElements``.
+    """
+
+    def process(self, element):
+        if isinstance(element, tuple) and isinstance(element[1], Block):
+            version, block = element
+            yield from self._serve([(version, event) for event in block.items], as_block=True)
+            return
+        yield from self._serve(element, as_block=False)
+
+
 def _predicted_class(output) -> Optional[int]:
     if isinstance(output, (list, tuple)) and len(output) > 1:
         return int(np.argmax(output))
@@ -390,10 +409,10 @@ def _predicted_class(output) -> Optional[int]:
 class VersionedInference(beam.PTransform):
     """Serve events with hot-swapped model versions.
 
-    Takes events (in any windowing) and returns a tagged result:
-    ``predictions`` contains :class:`Prediction`s in fixed event-time windows of
-    ``serving_window_s`` seconds, and ``dead_letter`` the events that ran out
-    of device memory even alone.
+    Takes timestamped events (in any windowing) and returns a tagged result:
+    ``predictions`` contains :class:`Prediction`s in fixed event-time
+    windows of ``serving_window_s`` seconds, and ``dead_letter`` the events
+    that ran out of device memory even alone.
 
     Args:
       model_handler: a ``ModelHandler`` over :class:`Event` batches.
@@ -404,10 +423,17 @@ class VersionedInference(beam.PTransform):
       blocks: the events arrive as :class:`Block`s, which are served as
         they are instead of through ``BatchElements``; the predictions
         leave as Blocks too.
-      reshuffle_side_input: pass the trainer's output through a Reshuffle
-        before it becomes the side input. Set it for batch pipelines, where
-        the FnApiRunner would otherwise duplicate the side input once per
-        timer round; leave it off in streaming.
+      serving_join: how ``as_of`` pairs events with serving records.
+        ``side_input`` reads them as a side input, after a Reshuffle in
+        batch. ``group_by_key`` groups them with the events per serving
+        window (:class:`JoinServingRecords`). None picks ``group_by_key``
+        for streaming pipelines on runners other than the DirectRunner,
+        else ``side_input``.
+      allowed_lateness_s: how long after its serving window ends an event
+        may still arrive and be served with the window's version: the
+        allowed lateness of the serving windows. ``math.inf`` counts as 0.
+      serving_shards: for the ``group_by_key`` join, keys per serving
+        window.
     """
 
     def __init__(self, model_handler: ModelHandler, serving_window_s: float, initial_version: PublishedVersion,
@@ -415,7 +441,7 @@ class VersionedInference(beam.PTransform):
                  with_baseline: bool = True, max_cached_models: int = 4,
                  backpressure: BackpressureConfig = BackpressureConfig(), device: str = "cpu",
                  torch_threads: Optional[int] = 1, blocks: bool = False,
-                 reshuffle_side_input: bool = False):
+                 serving_join: Optional[str] = None, allowed_lateness_s: float = 0.0, serving_shards: int = 1):
         super().__init__()
         if model_selection not in MODEL_SELECTIONS:
             raise ValueError(
@@ -424,6 +450,14 @@ class VersionedInference(beam.PTransform):
             )
         if max_cached_models < 1:
             raise ValueError(f"max_cached_models must be at least 1, got {max_cached_models}.")
+        if serving_join is not None and serving_join not in SERVING_JOINS:
+            raise ValueError(f"serving_join must be one of {SERVING_JOINS} or None, got {serving_join!r}.")
+        if serving_join == "group_by_key" and model_selection != "as_of":
+            raise ValueError(
+                f"serving_join='group_by_key' pairs events with serving records, which only "
+                f"model_selection='as_of' reads; got model_selection={model_selection!r}. "
+                "Use serving_join='side_input'."
+            )
         self.model_handler = model_handler
         self.serving_window_s = serving_window_s
         self.initial_version = initial_version
@@ -436,36 +470,53 @@ class VersionedInference(beam.PTransform):
         self.device = device
         self.torch_threads = torch_threads
         self.blocks = blocks
-        self.reshuffle_side_input = reshuffle_side_input
+        self.serving_join = serving_join
+        self.allowed_lateness_s = allowed_lateness_s
+        self.serving_shards = serving_shards
 
     def expand(self, events):
-        windowed = events | "WindowForServing" >> beam.WindowInto(
-            beam.window.FixedWindows(self.serving_window_s)
-        )
-        batches = windowed
-        if not self.blocks:
-            batches = windowed | "BatchEvents" >> beam.BatchElements(**self.model_handler.batch_elements_kwargs())
-        do_fn = _VersionedInferenceDoFn(
+        streaming = events.pipeline.options.view_as(StandardOptions).streaming
+        do_fn_args = (
             self.model_handler, self.initial_version, self.model_selection,
             self.with_baseline, self.max_cached_models, self.backpressure, self.device, self.torch_threads,
         )
-        return batches | "Predict" >> beam.ParDo(
-            do_fn, versions=self._versions_side_input()
-        ).with_outputs(DEAD_LETTER_TAG, main="predictions")
+        if self._join(events.pipeline) == "group_by_key":
+            paired = events | "JoinServingRecords" >> JoinServingRecords(
+                self.serving_window_s, self.initial_version, self.serving_records,
+                allowed_lateness_s=self.allowed_lateness_s, shards=self.serving_shards,
+            )
+            predict = beam.ParDo(_JoinedInferenceDoFn(*do_fn_args))
+            return self._batched(paired) | "Predict" >> predict.with_outputs(DEAD_LETTER_TAG, main="predictions")
 
-    def _versions_side_input(self):
-        # NOTE: Prism (Beam 2.77) in streaming holds back a main input whose
-        # side input comes from a timer's output until the source ends, so
-        # there every prediction waits for the end of the stream.
-        # TODO: join events with their window's serving record in state, so that serving does not depend on side-input readiness.
+        windowed = events | "WindowForServing" >> window_for_serving(self.serving_window_s, self.allowed_lateness_s)
+        predict = beam.ParDo(_VersionedInferenceDoFn(*do_fn_args), versions=self._versions_side_input(streaming))
+        return self._batched(windowed) | "Predict" >> predict.with_outputs(DEAD_LETTER_TAG, main="predictions")
+
+    def _join(self, pipeline) -> str:
+        if self.serving_join is not None:
+            return self.serving_join
+        streaming = pipeline.options.view_as(StandardOptions).streaming
+        # The legacy DirectRunner (Beam 2.77) sets no watermark holds for
+        # timers, so serving records could reach the join after their
+        # windows fired. Its side inputs work.
+        if not streaming or self.model_selection != "as_of" or isinstance(pipeline.runner, _DIRECT_RUNNERS):
+            return "side_input"
+        return "group_by_key"
+
+    def _batched(self, elements):
+        if self.blocks:
+            return elements
+        return elements | "BatchEvents" >> beam.BatchElements(**self.model_handler.batch_elements_kwargs())
+
+    def _versions_side_input(self, streaming: bool):
         if self.model_selection == "as_of":
             records = self.serving_records | "WindowServingRecords" >> beam.WindowInto(
                 beam.window.FixedWindows(self.serving_window_s)
             )
-            return beam.pvalue.AsList(self._materialized(records, "MaterializeServingRecords"))
+            return beam.pvalue.AsList(self._materialized(records, "MaterializeServingRecords", streaming))
 
         trigger = beam.trigger.Repeatedly(beam.trigger.AfterCount(1))
-        updates = self._materialized(self.published_versions, "MaterializeVersionUpdates") | (
+        updates = self._materialized(self.published_versions, "MaterializeVersionUpdates", streaming) | (
             "WindowVersionUpdates" >> beam.WindowInto(
                 beam.window.GlobalWindows(),
                 trigger=trigger,
@@ -474,7 +525,8 @@ class VersionedInference(beam.PTransform):
         )
         return beam.pvalue.AsList(updates)
 
-    def _materialized(self, versions, label: str):
+    @staticmethod
+    def _materialized(versions, label: str, streaming: bool):
         # The trainer emits from timers, so the FnApiRunner (Beam 2.77) runs
         # its stage once per timer round and, after each round, appends the
         # stage's whole output so far to the side input again: window k gets
@@ -482,6 +534,6 @@ class VersionedInference(beam.PTransform):
         # Reshuffle moves the side input into a stage that runs once. Only in
         # batch: a streaming runner would make the side input ready later
         # than the main input that needs it.
-        if not self.reshuffle_side_input:
+        if streaming:
             return versions
         return versions | label >> beam.Reshuffle()

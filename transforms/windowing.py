@@ -360,6 +360,21 @@ class LatenessRule:
         """Return the end of the last window that contains ``event_time``."""
         return last_window_end(self.window_fn, event_time)
 
+    def max_delay_s(self) -> float:
+        """Return how long (s) after its timestamp an element can arrive without being droppable.
+
+        That is the longest window (the gap for sessions) plus the allowed
+        lateness, or ``math.inf`` in the global window.
+        """
+        window_fn = self.window_fn
+        if isinstance(window_fn, (beam_window.FixedWindows, beam_window.SlidingWindows)):
+            length = window_fn.size
+        elif isinstance(window_fn, beam_window.Sessions):
+            length = window_fn.gap_size
+        else:
+            return math.inf
+        return length.micros / _MICROS_PER_SECOND + self.allowed_lateness
+
 
 @dataclasses.dataclass(frozen=True)
 class WindowingConfig:
