@@ -289,7 +289,7 @@ class _VersionedInferenceDoFn(beam.DoFn):
         yield from self._serve(pairs, isinstance(batch, Block))
 
     def _serve(self, pairs, as_block: bool):
-        """Predict each ``(version, event)`` pair; yield the predictions and dead letters."""
+        """Predict each ``(version, event)`` pair and yield the predictions and dead letters."""
         by_version: Dict[int, list] = collections.defaultdict(list)
         chosen: Dict[int, PublishedVersion] = {}
         for version, event in pairs:
@@ -451,7 +451,10 @@ class VersionedInference(beam.PTransform):
         if max_cached_models < 1:
             raise ValueError(f"max_cached_models must be at least 1, got {max_cached_models}.")
         if serving_join is not None and serving_join not in SERVING_JOINS:
-            raise ValueError(f"serving_join must be one of {SERVING_JOINS} or None, got {serving_join!r}.")
+            raise ValueError(
+                f"serving_join must be one of {SERVING_JOINS} or None (chosen from the runner), "
+                f"got {serving_join!r}."
+            )
         if serving_join == "group_by_key" and model_selection != "as_of":
             raise ValueError(
                 f"serving_join='group_by_key' pairs events with serving records, which only "
@@ -480,7 +483,7 @@ class VersionedInference(beam.PTransform):
             self.model_handler, self.initial_version, self.model_selection,
             self.with_baseline, self.max_cached_models, self.backpressure, self.device, self.torch_threads,
         )
-        if self._join(events.pipeline) == "group_by_key":
+        if self._join(streaming, events.pipeline.runner) == "group_by_key":
             paired = events | "JoinServingRecords" >> JoinServingRecords(
                 self.serving_window_s, self.initial_version, self.serving_records,
                 allowed_lateness_s=self.allowed_lateness_s, shards=self.serving_shards,
@@ -492,14 +495,13 @@ class VersionedInference(beam.PTransform):
         predict = beam.ParDo(_VersionedInferenceDoFn(*do_fn_args), versions=self._versions_side_input(streaming))
         return self._batched(windowed) | "Predict" >> predict.with_outputs(DEAD_LETTER_TAG, main="predictions")
 
-    def _join(self, pipeline) -> str:
+    def _join(self, streaming: bool, runner) -> str:
         if self.serving_join is not None:
             return self.serving_join
-        streaming = pipeline.options.view_as(StandardOptions).streaming
         # The legacy DirectRunner (Beam 2.77) sets no watermark holds for
         # timers, so serving records could reach the join after their
         # windows fired. Its side inputs work.
-        if not streaming or self.model_selection != "as_of" or isinstance(pipeline.runner, _DIRECT_RUNNERS):
+        if not streaming or self.model_selection != "as_of" or isinstance(runner, _DIRECT_RUNNERS):
             return "side_input"
         return "group_by_key"
 

@@ -361,7 +361,7 @@ class LatenessRule:
         return last_window_end(self.window_fn, event_time)
 
     def max_delay_s(self) -> float:
-        """Return how long (s) after its timestamp an element can arrive without being droppable.
+        """Return how many seconds after its timestamp an element can arrive without being droppable.
 
         That is the longest window (the gap for sessions) plus the allowed
         lateness, or ``math.inf`` in the global window.
