@@ -197,7 +197,9 @@ def _wait_until_ready(cluster: FlinkCluster, deadline: float) -> None:
                     f"Flink {name} (pid {pid}) exited during startup:\n"
                     f"{_log_tail(cluster.work_dir, name)}")
         overview = _fetch_overview(cluster.rest_port)
-        if overview and overview.get("taskmanagers", 0) >= 1:
+        # A TaskManager can be listed a moment before its slots are, and a
+        # job submitted then waits for slots.
+        if overview and overview.get("taskmanagers", 0) >= 1 and overview.get("slots-total", 0) >= 1:
             return
         time.sleep(0.5)
     raise TimeoutError(
