@@ -21,12 +21,11 @@ The join keeps no events in user state. Prism (Beam 2.77) ran two bundles
 of one key of a stateful DoFn at the same time, and events that one of
 them added to a bag state were lost.
 
-NOTE: on Prism (Beam 2.77) a record sometimes arrived after its window's
-on-time pane, when the whole stream had been read before the trainer set
-its first timer. That window's events then get the initial version, and
-the ``records_after_serving`` counter and a warning show it. The legacy
-DirectRunner (Beam 2.77) sets no watermark holds for timers at all, so
-:class:`VersionedInference` keeps the side input on that runner.
+A record that arrives after events of its window were served, because the
+runner did not hold its watermark for the trainer's timer, is counted in
+``records_after_serving`` and logged: those events got an older version.
+The legacy DirectRunner (Beam 2.77) sets no watermark holds for timers at
+all, so :class:`VersionedInference` keeps the side input on that runner.
 """
 
 import logging

@@ -326,12 +326,15 @@ class OnlineTrainer(beam.DoFn):
         panes.add(pickle.dumps(pane, protocol=pickle.HIGHEST_PROTOCOL))
         buffer.add(pane)
         progress = progress._replace(generation=buffer.generation)
-        if progress.timer_at is None:
-            # Start (or, after the end of a bounded stream, restart) the chain
-            # at the first serving window that this pane's labels may serve.
-            fire_at = next_serving_boundary(pane.window_end, self.config.serving_window_s)
-            if progress.served_until is not None:
-                fire_at = max(fire_at, progress.served_until)
+
+        # Start (or, after the end of a bounded stream, restart) the chain at
+        # the first serving window that this pane's labels may serve. When the
+        # watermark passes several windows at once, their panes arrive in any
+        # order, so a pane may also move a pending first timer earlier.
+        fire_at = next_serving_boundary(pane.window_end, self.config.serving_window_s)
+        if progress.served_until is not None:
+            fire_at = max(fire_at, progress.served_until)
+        if progress.timer_at is None or fire_at < progress.timer_at:
             release.set(Timestamp(fire_at))
             progress = progress._replace(timer_at=fire_at)
         progress_state.write(progress)
