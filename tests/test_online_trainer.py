@@ -9,36 +9,12 @@ from apache_beam.utils.timestamp import Timestamp
 from ml.models import ModelSpec
 from ml.store import LocalFileSystem, ModelStore
 from ml.trainer import TrainerConfig
+from tests.fake_state import FakeBagState, FakeValueState
 from transforms.records import Event
 from transforms.training import OnlineTrainer, Pane, ServingRecord, TrainingConfig, publish_initial_model
 
 WINDOW_S = 60.0
 SPEC = ModelSpec("classification", 1, 2, (4,))
-
-
-class _Bag:
-    def __init__(self):
-        self.items = []
-
-    def add(self, item):
-        self.items.append(item)
-
-    def read(self):
-        return list(self.items)
-
-    def clear(self):
-        self.items = []
-
-
-class _Value:
-    def __init__(self):
-        self.value = None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
 
 
 class _Timer:
@@ -62,7 +38,8 @@ class _TrainerHarness:
         initial = publish_initial_model(config, ModelStore(str(tmp_path)))
         self.dofn = OnlineTrainer(config, initial, filesystem=LocalFileSystem())
         self.dofn.setup()
-        self.state = {"panes": _Bag(), "released": _Bag(), "progress_state": _Value(), "release": _Timer()}
+        self.state = {"panes": FakeBagState(), "released": FakeBagState(),
+                      "progress_state": FakeValueState(), "release": _Timer()}
 
     def deliver(self, pane):
         self.dofn.process(("m", pane), key="m", **self.state)

@@ -12,6 +12,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from ml.store import PublishedVersion
+from tests.fake_state import FakeValueState
 from transforms.records import Block, Event
 from transforms.serving_join import (
     _EVENT,
@@ -230,20 +231,6 @@ def test_lateness_rule_max_delay(window_fn, lateness, expected):
     assert LatenessRule(window_fn, lateness).max_delay_s() == expected
 
 
-class _FakeState:
-    def __init__(self):
-        self.value = None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-    def clear(self):
-        self.value = None
-
-
 class _FakeTimer:
     def __init__(self):
         self.times = []
@@ -259,7 +246,7 @@ def _serve_pane(do_fn, state, timer, tagged):
 
 def test_serve_panes_keeps_record_for_late_pane():
     do_fn = _ServeWindowPanes(Duration.of(WINDOW_S).micros, V0, Duration.of(LATENESS_S).micros)
-    state, timer = _FakeState(), _FakeTimer()
+    state, timer = FakeValueState(), _FakeTimer()
     on_time = [(_EVENT, _event("a", 610)), (_RECORD, ServingRecord(600.0, V1))]
 
     served = _serve_pane(do_fn, state, timer, on_time)
@@ -272,7 +259,7 @@ def test_serve_panes_keeps_record_for_late_pane():
 
 def test_serve_panes_window_without_record():
     do_fn = _ServeWindowPanes(Duration.of(WINDOW_S).micros, V0, 0)
-    state, timer = _FakeState(), _FakeTimer()
+    state, timer = FakeValueState(), _FakeTimer()
 
     served = _serve_pane(do_fn, state, timer, [(_EVENT, _event("a", 610))])
 
@@ -282,7 +269,7 @@ def test_serve_panes_window_without_record():
 
 def test_serve_panes_warns_on_late_record(caplog):
     do_fn = _ServeWindowPanes(Duration.of(WINDOW_S).micros, V0, 0)
-    state, timer = _FakeState(), _FakeTimer()
+    state, timer = FakeValueState(), _FakeTimer()
     _serve_pane(do_fn, state, timer, [(_EVENT, _event("a", 610))])
 
     with caplog.at_level("WARNING", logger="transforms.serving_join"):
