@@ -48,7 +48,7 @@ DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MEMORY_SIZES = (10_000, 30_000, 100_000)
 DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_STREAMING_BLOCK_MEMORY_SIZES = (10_000, 100_000)
-DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000, 300_000)
+DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_REPLAY_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 LARGE_BLOCK_MEMORY_SIZES = (10_000_000,)
 
@@ -98,8 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "mode (empty to skip).")
     parser.add_argument("--prism_streaming_memory_sizes", default=_size_list(DEFAULT_PRISM_STREAMING_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the memory scan on Prism with --streaming, in block "
-                             "mode (empty to skip). It stops at 3*10^5 events, about 100 s on 2 cores, because on "
-                             "Prism the job's memory grows with the stream (see docs/benchmarks.md).")
+                             "mode (empty to skip). 10^6 events take about 13 minutes on 2 cores.")
     parser.add_argument("--replay_memory_sizes", default=_size_list(DEFAULT_REPLAY_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the memory scan of the job's replay alone on Prism "
                              "with --streaming, in block mode (empty to skip); 10^6 events take about 100 s.")

@@ -1,5 +1,6 @@
 """Smoke and known-answer tests of the benchmark suite (``python -m bench``)."""
 
+import logging
 import math
 import os
 import subprocess
@@ -143,6 +144,7 @@ def test_quick_run_memory_prism_streaming(quick_run, prism_engine):
         assert "; job peak " in cells["detail"]
         assert "up to 2 processes" in cells["detail"]
         assert "sampled every 100 ms" in cells["detail"]
+        assert "Prism's live Go heap after garbage collection peaked at " in cells["detail"]
 
 
 @pytest.mark.timeout(300)
@@ -207,7 +209,7 @@ def test_sizes_memory_scans_large():
         memory.MemoryScan("fnapi", 0, (10_000, 30_000, 100_000)),
         memory.MemoryScan("fnapi", 256, (10_000, 100_000, 1_000_000, 10_000_000)),
         memory.MemoryScan("streaming", 256, (10_000, 100_000)),
-        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 300_000)),
+        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000)),
         memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000), case="replay"),
     )
 
@@ -334,6 +336,40 @@ def test_process_tree_sampler_child_allocation():
     assert 200 <= growth_mb < 260
     assert sampler.max_processes == 2
     assert sampler.samples >= 4
+
+
+def test_go_heap_trace_reads_gctrace(monkeypatch):
+    monkeypatch.setenv("GODEBUG", "madvdontneed=1")
+    logger = logging.getLogger("test_bench.go_process")
+    trace = memory.GoHeapTrace().install(logger.name)
+    passed = []
+    logger.addHandler(_ListHandler(passed))
+    try:
+        logger.info("gc 1 @0.007s 3%: 0.015+3.7+0.005 ms clock, 0.03+0.2/0.4/3.0+0.01 ms cpu, 3->4->2 MB, "
+                    "4 MB goal, 0 MB stacks, 0 MB globals, 2 P")
+        logger.info('{"level":"INFO","msg":"Serving JobManagement"}')
+        logger.info("gc 2 @12.5s 0%: 0.05+2.1+0.004 ms clock, 0.1+0.2/0.8/1.2+0.009 ms cpu, 47->48->23 MB, "
+                    "48 MB goal, 0 MB stacks, 0 MB globals, 2 P")
+        logger.info("gc 3 @20.1s 0%: 0.03+7.4+0.05 ms clock, 0.07+2.0/2.7/0.3+0.1 ms cpu, 30->31->16 MB, "
+                    "32 MB goal, 0 MB stacks, 0 MB globals, 2 P")
+    finally:
+        logger.removeFilter(trace)
+        logger.handlers.clear()
+
+    assert os.environ["GODEBUG"] == "madvdontneed=1,gctrace=1"
+    assert trace.collections == 3
+    assert trace.peak_mb == 23
+    assert trace.last_mb == 16
+    assert [record.getMessage() for record in passed] == ['{"level":"INFO","msg":"Serving JobManagement"}']
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 def test_process_tree_sampler_rejects_bad_period():
