@@ -17,6 +17,18 @@ class FakeValueState:
         self.value = None
 
 
+class FakeTimer:
+    """A timer of one key: ``times`` lists every time set, and ``at`` is the pending one."""
+
+    def __init__(self):
+        self.times = []
+        self.at = None
+
+    def set(self, timestamp):
+        self.times.append(timestamp)
+        self.at = float(timestamp)
+
+
 class FakeBagState:
     """A BagState of one key."""
 

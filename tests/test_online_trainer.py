@@ -9,22 +9,12 @@ from apache_beam.utils.timestamp import Timestamp
 from ml.models import ModelSpec
 from ml.store import LocalFileSystem, ModelStore
 from ml.trainer import TrainerConfig
-from tests.fake_state import FakeBagState, FakeValueState
+from tests.fake_state import FakeBagState, FakeTimer, FakeValueState
 from transforms.records import Event
 from transforms.training import OnlineTrainer, Pane, ServingRecord, TrainingConfig, publish_initial_model
 
 WINDOW_S = 60.0
 SPEC = ModelSpec("classification", 1, 2, (4,))
-
-
-class _Timer:
-    """One timer of one key: setting it again replaces the pending time, as in Beam."""
-
-    def __init__(self):
-        self.at = None
-
-    def set(self, timestamp):
-        self.at = float(timestamp)
 
 
 class _TrainerHarness:
@@ -39,7 +29,7 @@ class _TrainerHarness:
         self.dofn = OnlineTrainer(config, initial, filesystem=LocalFileSystem())
         self.dofn.setup()
         self.state = {"panes": FakeBagState(), "released": FakeBagState(),
-                      "progress_state": FakeValueState(), "release": _Timer()}
+                      "progress_state": FakeValueState(), "release": FakeTimer()}
 
     def deliver(self, pane):
         self.dofn.process(("m", pane), key="m", **self.state)

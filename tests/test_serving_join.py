@@ -12,7 +12,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from ml.store import PublishedVersion
-from tests.fake_state import FakeValueState
+from tests.fake_state import FakeTimer, FakeValueState
 from transforms.records import Block, Event
 from transforms.serving_join import (
     _EVENT,
@@ -231,14 +231,6 @@ def test_lateness_rule_max_delay(window_fn, lateness, expected):
     assert LatenessRule(window_fn, lateness).max_delay_s() == expected
 
 
-class _FakeTimer:
-    def __init__(self):
-        self.times = []
-
-    def set(self, timestamp):
-        self.times.append(timestamp)
-
-
 def _serve_pane(do_fn, state, timer, tagged):
     key = (Duration.of(600).micros, 0)
     return [pair.value for pair in do_fn.process((key, tagged), record_state=state, expire=timer)]
@@ -246,7 +238,7 @@ def _serve_pane(do_fn, state, timer, tagged):
 
 def test_serve_panes_keeps_record_for_late_pane():
     do_fn = _ServeWindowPanes(Duration.of(WINDOW_S).micros, V0, Duration.of(LATENESS_S).micros)
-    state, timer = FakeValueState(), _FakeTimer()
+    state, timer = FakeValueState(), FakeTimer()
     on_time = [(_EVENT, _event("a", 610)), (_RECORD, ServingRecord(600.0, V1))]
 
     served = _serve_pane(do_fn, state, timer, on_time)
@@ -259,7 +251,7 @@ def test_serve_panes_keeps_record_for_late_pane():
 
 def test_serve_panes_window_without_record():
     do_fn = _ServeWindowPanes(Duration.of(WINDOW_S).micros, V0, 0)
-    state, timer = FakeValueState(), _FakeTimer()
+    state, timer = FakeValueState(), FakeTimer()
 
     served = _serve_pane(do_fn, state, timer, [(_EVENT, _event("a", 610))])
 
@@ -269,7 +261,7 @@ def test_serve_panes_window_without_record():
 
 def test_serve_panes_warns_on_late_record(caplog):
     do_fn = _ServeWindowPanes(Duration.of(WINDOW_S).micros, V0, 0)
-    state, timer = FakeValueState(), _FakeTimer()
+    state, timer = FakeValueState(), FakeTimer()
     _serve_pane(do_fn, state, timer, [(_EVENT, _event("a", 610))])
 
     with caplog.at_level("WARNING", logger="transforms.serving_join"):

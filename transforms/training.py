@@ -327,10 +327,9 @@ class OnlineTrainer(beam.DoFn):
         buffer.add(pane)
         progress = progress._replace(generation=buffer.generation)
 
-        # Start (or, after the end of a bounded stream, restart) the chain at
-        # the first serving window that this pane's labels may serve. When the
-        # watermark passes several windows at once, their panes arrive in any
-        # order, so a pane may also move a pending first timer earlier.
+        # Start (or restart) the chain at the first serving window this pane
+        # may serve. Panes of windows that the watermark passed together
+        # arrive in any order, so a pane may move a pending first timer earlier.
         fire_at = next_serving_boundary(pane.window_end, self.config.serving_window_s)
         if progress.served_until is not None:
             fire_at = max(fire_at, progress.served_until)
