@@ -48,7 +48,11 @@ DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MEMORY_SIZES = (10_000, 30_000, 100_000)
 DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_STREAMING_BLOCK_MEMORY_SIZES = (10_000, 100_000)
-DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
+DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000)
+DEFAULT_PACED_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
+# Below the 1,300 to 1,400 events/s that the job reached on Prism with
+# --streaming on 2 cores, so that the job keeps up with its replay.
+DEFAULT_PRISM_REPLAY_RATE = 1_000.0
 DEFAULT_REPLAY_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 LARGE_BLOCK_MEMORY_SIZES = (10_000_000,)
 
@@ -98,7 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "mode (empty to skip).")
     parser.add_argument("--prism_streaming_memory_sizes", default=_size_list(DEFAULT_PRISM_STREAMING_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the memory scan on Prism with --streaming, in block "
-                             "mode (empty to skip). 10^6 events take about 13 minutes on 2 cores.")
+                             "mode, with the replay as fast as Prism takes it (empty to skip). 10^6 events take "
+                             "about 13 minutes on 2 cores.")
+    parser.add_argument("--paced_memory_sizes", default=_size_list(DEFAULT_PACED_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the memory scan on Prism with --streaming, in block "
+                             "mode, with the replay paced at --prism_replay_rate (empty to skip).")
+    parser.add_argument("--prism_replay_rate", type=float, default=DEFAULT_PRISM_REPLAY_RATE,
+                        help="Events per second of the paced Prism memory scan's replay (online_train's "
+                             "--replay_rate); keep it below the job's throughput on Prism, so that Prism holds no "
+                             f"growing backlog. Default {DEFAULT_PRISM_REPLAY_RATE:,.0f}, at which 10^6 events take "
+                             "about 17 minutes.")
     parser.add_argument("--replay_memory_sizes", default=_size_list(DEFAULT_REPLAY_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the memory scan of the job's replay alone on Prism "
                              "with --streaming, in block mode (empty to skip); 10^6 events take about 100 s.")
@@ -150,9 +163,12 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
         raise ValueError(f"--block_size must be at least 1 event per element, got {args.block_size}. "
                          f"The per-event rows always run, so pick a block size such as "
                          f"--block_size={DEFAULT_BLOCK_SIZE}.")
+    if not args.prism_replay_rate > 0 or args.prism_replay_rate == float("inf"):
+        raise ValueError(f"--prism_replay_rate must be a positive, finite number of events per second, got "
+                         f"{args.prism_replay_rate}. To skip the paced scan, pass --paced_memory_sizes= instead.")
     if args.quick:
         memory_sizes = block_memory_sizes = streaming_block_memory_sizes = QUICK_MEMORY_SIZES
-        prism_streaming_memory_sizes = replay_memory_sizes = QUICK_MEMORY_SIZES
+        prism_streaming_memory_sizes = replay_memory_sizes = paced_memory_sizes = QUICK_MEMORY_SIZES
         events = streaming_events = block_events = streaming_block_events = QUICK_EVENTS
     else:
         memory_sizes = _parse_sizes("--memory_sizes", args.memory_sizes)
@@ -162,6 +178,7 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
         prism_streaming_memory_sizes = _parse_sizes("--prism_streaming_memory_sizes",
                                                     args.prism_streaming_memory_sizes)
         replay_memory_sizes = _parse_sizes("--replay_memory_sizes", args.replay_memory_sizes)
+        paced_memory_sizes = _parse_sizes("--paced_memory_sizes", args.paced_memory_sizes)
         if args.large:
             block_memory_sizes += LARGE_BLOCK_MEMORY_SIZES
         events, streaming_events = args.max_events, args.streaming_max_events
@@ -180,6 +197,8 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
         scans.append(memory.MemoryScan("streaming", args.block_size, streaming_block_memory_sizes))
     if "prism" in engine_names:
         scans += [memory.MemoryScan("prism_streaming", args.block_size, prism_streaming_memory_sizes),
+                  memory.MemoryScan("prism_streaming", args.block_size, paced_memory_sizes,
+                                    replay_rate=args.prism_replay_rate),
                   memory.MemoryScan("prism_streaming", args.block_size, replay_memory_sizes, case="replay")]
     return Sizes(events, streaming_events, block_events, streaming_block_events,
                  tuple(scan for scan in scans if scan.sizes))

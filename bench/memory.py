@@ -17,13 +17,22 @@ reached 89 MiB and its live heap peaked at 25 MiB, so the child also
 starts Prism with ``GODEBUG=gctrace=1`` and reads the live heap after
 each garbage collection from its log (:class:`GoHeapTrace`).
 
+Prism has no backpressure, so a replay that outruns the rest of the job
+leaves its backlog in the job server, whose memory then grows with the
+stream. A scan can therefore pace the replay (``replay_rate``, the job's
+``--replay_rate``) below the job's throughput. The child also reports the
+C heap that its own allocator has handed out (``mallinfo2``): the Python
+process's RSS also counts freed memory that glibc keeps.
+
 A :class:`MemoryScan` names the case (``online_train``, or its replay
-alone), the engine, the block size and the stream lengths of one series
-of runs. The plain PyTorch loop
+alone), the engine, the block size, the replay's pace and the stream
+lengths of one series of runs. The plain PyTorch loop
 runs once at every length that any scan covers.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
@@ -53,6 +62,8 @@ SCAN_ENGINES = ("fnapi", "streaming", "prism_streaming")
 # The scan engines whose job runs partly outside the child (Prism's Go job
 # server), so the child samples the RSS of its whole process tree.
 PROCESS_TREE_ENGINES = ("prism_streaming",)
+# The scan engines whose replay is the splittable DoFn, the only mode that follows --replay_rate.
+PACED_ENGINES = ("prism_streaming",)
 SAMPLE_PERIOD_S = 0.1
 # Beam's PrismRunner logs the job server's output through this logger.
 PRISM_LOGGER = "PrismJobServer"
@@ -69,6 +80,8 @@ class MemoryScan:
     block_size: int
     sizes: Tuple[int, ...]
     case: str = "online_train"
+    # Records per second of processing time; 0 replays as fast as the runner takes them.
+    replay_rate: float = 0.0
 
     def __post_init__(self):
         if self.case not in PIPELINE_CASES:
@@ -78,6 +91,12 @@ class MemoryScan:
         if self.block_size < 0:
             raise ValueError(f"Invalid memory scan block size {self.block_size}: expected 0 (one event per "
                              "element) or a positive number of events per element.")
+        if self.replay_rate < 0:
+            raise ValueError(f"Invalid memory scan replay rate {self.replay_rate}: expected records per second "
+                             ">= 0, where 0 replays as fast as the runner takes the records.")
+        if self.replay_rate and self.engine not in PACED_ENGINES:
+            raise ValueError(f"A memory scan on {self.engine} cannot pace its replay: only the streaming replay "
+                             f"on {', '.join(PACED_ENGINES)} follows a replay rate.")
 
 
 def scan_engine(name: str) -> Engine:
@@ -105,7 +124,8 @@ class ProcessTreeSampler:
     ``/proc/*/stat``) about every ``period_s`` seconds, from :meth:`start`
     to :meth:`stop`. A page shared by several processes counts once in each
     of them, and a peak shorter than the period can fall between two
-    samples. Needs Linux.
+    samples. When the root is this process, it also samples the C heap in
+    use (:func:`malloc_in_use_mb`), where glibc can say. Needs Linux.
     """
 
     def __init__(self, root_pid: Optional[int] = None, period_s: float = SAMPLE_PERIOD_S):
@@ -117,6 +137,9 @@ class ProcessTreeSampler:
         self.peak_mb = 0.0
         self.max_processes = 0
         self.samples = 0
+        self.heap_start_mb: Optional[float] = None
+        self.heap_peak_mb: Optional[float] = None
+        self.heap_last_mb: Optional[float] = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, name="ProcessTreeSampler", daemon=True)
 
@@ -124,6 +147,7 @@ class ProcessTreeSampler:
         """Take the first sample, which sets ``start_mb``, then keep sampling in the background."""
         rss_mb, _ = self._sample()
         self.start_mb = rss_mb
+        self.heap_start_mb = self.heap_last_mb
         self._thread.start()
         return self
 
@@ -148,7 +172,43 @@ class ProcessTreeSampler:
         self.peak_mb = max(self.peak_mb, rss_mb)
         self.max_processes = max(self.max_processes, processes)
         self.samples += 1
+
+        heap_mb = malloc_in_use_mb() if self.root_pid == os.getpid() else None
+        if heap_mb is not None:
+            self.heap_last_mb = heap_mb
+            self.heap_peak_mb = heap_mb if self.heap_peak_mb is None else max(self.heap_peak_mb, heap_mb)
         return rss_mb, processes
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _load_mallinfo2():
+    """Return glibc's ``mallinfo2`` (glibc 2.33 and later), or None where this C library lacks it."""
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2
+
+
+_MALLINFO2 = _load_mallinfo2()
+
+
+def malloc_in_use_mb() -> Optional[float]:
+    """Return the C heap that this process's allocator has handed out and not taken back, in MiB.
+
+    That is glibc's in-use chunks of all arenas plus its mmapped chunks;
+    None where the C library is not glibc 2.33 or later. CPython's small
+    object arenas are mapped directly and are not part of it.
+    """
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return (info.uordblks + info.hblkhd) / 2**20
 
 
 class GoHeapTrace(logging.Filter):
@@ -237,11 +297,11 @@ def _parent_pid(pid: int) -> Optional[int]:
 
 
 def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
-              engine: str = "fnapi", block_size: int = 0) -> dict:
+              engine: str = "fnapi", block_size: int = 0, replay_rate: float = 0.0) -> dict:
     """Run one case in a child interpreter; return its report plus ``peak_rss_mb``.
 
-    ``engine`` and ``block_size`` (``online_train``'s ``--block_size``)
-    apply to the pipeline cases only. ``peak_rss_mb`` is the child's
+    ``engine``, ``block_size`` (``online_train``'s ``--block_size``) and
+    ``replay_rate`` (its ``--replay_rate``) apply to the pipeline cases only. ``peak_rss_mb`` is the child's
     peak resident set size in MiB, imports included. The report has
     ``start_rss_mb`` (after the imports) and ``run_peak_rss_mb`` (the
     high-water mark after that, None where the kernel cannot reset it).
@@ -249,13 +309,15 @@ def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
     its descendants at the run's start and its sampled peak
     (``tree_start_rss_mb``, ``tree_peak_rss_mb``, both MiB), the most
     processes seen at once (``tree_max_processes``), the number of samples
-    (``tree_samples``) and their period (``tree_period_ms``). Those fields
-    are None on the other engines.
+    (``tree_samples``) and their period (``tree_period_ms``), and the
+    child's C heap in use at the start, at its peak and at the end
+    (``malloc_start_mb``, ``malloc_peak_mb``, ``malloc_last_mb``). Those
+    fields are None on the other engines.
     """
     command = [
         sys.executable, "-m", "bench.memory", f"--case={case}", f"--dataset={dataset}",
         f"--max_events={max_events}", f"--torch_threads={torch_threads}",
-        f"--engine={engine}", f"--block_size={block_size}",
+        f"--engine={engine}", f"--block_size={block_size}", f"--replay_rate={replay_rate}",
     ]
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])))
@@ -283,12 +345,13 @@ def memory_rows(dataset: str, scans: Sequence[MemoryScan], torch_threads: int) -
     rows: List[Row] = []
     base_mb = None
     for size in sorted({size for scan in scans for size in scan.sizes}):
-        runs = [("plain", "plain PyTorch loop", "-", 0)]
-        runs += [(scan.case, _scan_label(scan), scan.engine, scan.block_size) for scan in scans if size in scan.sizes]
-        for case, label, engine, block_size in runs:
+        runs = [("plain", "plain PyTorch loop", "-", 0, 0.0)]
+        runs += [(scan.case, _scan_label(scan), scan.engine, scan.block_size, scan.replay_rate)
+                 for scan in scans if size in scan.sizes]
+        for case, label, engine, block_size, replay_rate in runs:
             try:
-                report = run_child(case, dataset, size, torch_threads,
-                                   engine="fnapi" if engine == "-" else engine, block_size=block_size)
+                report = run_child(case, dataset, size, torch_threads, engine="fnapi" if engine == "-" else engine,
+                                   block_size=block_size, replay_rate=replay_rate)
             except (RuntimeError, ValueError) as error:  # One failed run must not lose the others.
                 _LOGGER.exception("Memory scan of %s on %s at %d events failed.", label, engine, size)
                 rows.append(Row("memory", f"{label}, peak RSS", engine, events=size,
@@ -315,7 +378,10 @@ def _drop_unavailable(scans: Sequence[MemoryScan]) -> Tuple[List[MemoryScan], Li
 
 
 def _scan_label(scan: MemoryScan) -> str:
-    return f"{_CASE_LABELS[scan.case]}, {mode_label(scan.block_size)}"
+    label = f"{_CASE_LABELS[scan.case]}, {mode_label(scan.block_size)}"
+    if scan.replay_rate:
+        label += f", replay paced at {scan.replay_rate:,.0f} events/s"
+    return label
 
 
 def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float) -> Row:
@@ -333,6 +399,10 @@ def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float)
                    f"and its descendants (up to {report['tree_max_processes']} processes, Prism's job server "
                    f"included), sampled every {report['tree_period_ms']:.0f} ms ({report['tree_samples']} "
                    "samples), so a shorter peak can be missed")
+    if report.get("malloc_peak_mb") is not None:
+        detail += (f"; the child's C heap in use (mallinfo2) was {report['malloc_start_mb']:.0f} MiB at the "
+                   f"start, peaked at {report['malloc_peak_mb']:.0f} MiB and ended at "
+                   f"{report['malloc_last_mb']:.0f} MiB")
     if report.get("go_collections"):
         detail += (f"; Prism's live Go heap after garbage collection peaked at {report['go_heap_peak_mb']} MiB "
                    f"and was {report['go_heap_last_mb']} MiB at the last of {report['go_collections']} collections")
@@ -353,6 +423,8 @@ def _child_main(argv=None) -> None:
                         help="The runner of the online_train case.")
     parser.add_argument("--block_size", type=int, default=0,
                         help="online_train's --block_size: events per Beam element, 0 for one event per element.")
+    parser.add_argument("--replay_rate", type=float, default=0.0,
+                        help="online_train's --replay_rate: records per second, 0 for as fast as the runner takes them.")
     args = parser.parse_args(argv)
     if args.block_size < 0:
         parser.error(f"--block_size must be 0 (per event) or more, got {args.block_size}.")
@@ -381,10 +453,10 @@ def _child_main(argv=None) -> None:
     elif args.case == "online_train":
         # The pipeline reads the stream itself: only its flags are needed here.
         with tempfile.TemporaryDirectory() as output_dir:
-            job_args = workload.job_args(args.dataset, args.max_events)
+            job_args = workload.job_args(args.dataset, args.max_events) + _rate_args(args.replay_rate)
             online_train.run(throughput.online_train_argv(job_args, output_dir, engine, args.block_size))
     elif args.case == "replay":
-        _run_replay(args.dataset, args.max_events, engine, args.block_size)
+        _run_replay(args.dataset, args.max_events, engine, args.block_size, args.replay_rate)
     seconds = time.perf_counter() - started
     if sampler is not None:
         sampler.stop()
@@ -393,6 +465,7 @@ def _child_main(argv=None) -> None:
     print(json.dumps({
         "case": args.case, "engine": args.engine if on_engine else None,
         "block_size": args.block_size if on_engine else None,
+        "replay_rate": args.replay_rate if on_engine else None,
         "max_events": args.max_events, "seconds": seconds,
         "imports_peak_rss_mb": imports_rss_mb, "start_rss_mb": start_rss_mb,
         "run_peak_rss_mb": run_peak_rss_mb,
@@ -402,7 +475,11 @@ def _child_main(argv=None) -> None:
     }))
 
 
-def _run_replay(dataset: str, max_events: int, engine: Engine, block_size: int) -> None:
+def _rate_args(replay_rate: float) -> List[str]:
+    return [f"--replay_rate={replay_rate}"] if replay_rate else []
+
+
+def _run_replay(dataset: str, max_events: int, engine: Engine, block_size: int, replay_rate: float = 0.0) -> None:
     """Run the job's replay of a stream alone: ReadEvents in the job's mode and blocks, then a count per window."""
     import apache_beam as beam
 
@@ -411,7 +488,8 @@ def _run_replay(dataset: str, max_events: int, engine: Engine, block_size: int) 
     from transforms import replay, sources, windowing
     from transforms.blocks import block_config
 
-    args, _ = online_train.build_parser().parse_known_args(workload.job_args(dataset, max_events))
+    args, _ = online_train.build_parser().parse_known_args(
+        workload.job_args(dataset, max_events) + _rate_args(replay_rate))
     source_config = sources.resolve_source_config(sources.source_config_from_args(args))
     windowing_config = windowing.WindowingConfig.from_options(
         argparse.Namespace(**{**vars(args), "window": online_train.default_window_spec(source_config)}))
@@ -432,11 +510,12 @@ def _run_replay(dataset: str, max_events: int, engine: Engine, block_size: int) 
 def _tree_fields(sampler: Optional[ProcessTreeSampler]) -> dict:
     if sampler is None:
         return dict.fromkeys(("tree_start_rss_mb", "tree_peak_rss_mb", "tree_max_processes", "tree_samples",
-                              "tree_period_ms"))
+                              "tree_period_ms", "malloc_start_mb", "malloc_peak_mb", "malloc_last_mb"))
     return {
         "tree_start_rss_mb": sampler.start_mb, "tree_peak_rss_mb": sampler.peak_mb,
         "tree_max_processes": sampler.max_processes, "tree_samples": sampler.samples,
-        "tree_period_ms": sampler.period_s * 1000,
+        "tree_period_ms": sampler.period_s * 1000, "malloc_start_mb": sampler.heap_start_mb,
+        "malloc_peak_mb": sampler.heap_peak_mb, "malloc_last_mb": sampler.heap_last_mb,
     }
 
 

@@ -56,6 +56,7 @@ QUICK_PRISM_SKIPPED_ROWS = {
     "throughput/online_train, blocks of 64/prism",
     "inference/VersionedInference/prism",
     "memory/online_train, blocks of 64, peak RSS/prism_streaming",
+    "memory/online_train, blocks of 64, replay paced at 1,000 events/s, peak RSS/prism_streaming",
     "memory/replay alone, blocks of 64, peak RSS/prism_streaming",
 }
 QUICK_PRISM_ROWS = QUICK_PRISM_SKIPPED_ROWS | {
@@ -138,13 +139,15 @@ def test_quick_run_memory_prism_streaming(quick_run, prism_engine):
     if prism_engine.unavailable:
         pytest.skip(f"Prism's memory scan did not run: {prism_engine.unavailable}")
     rows = _table_rows(quick_run[0])
-    for case in ("online_train", "replay alone"):
-        cells = rows[f"memory/{case}, blocks of 64, peak RSS/prism_streaming"]
+    for case in ("online_train", "online_train, blocks of 64, replay paced at 1,000 events/s", "replay alone"):
+        label = case if "blocks of" in case else f"{case}, blocks of 64"
+        cells = rows[f"memory/{label}, peak RSS/prism_streaming"]
         assert cells["events"] == "600"
         assert "; job peak " in cells["detail"]
         assert "up to 2 processes" in cells["detail"]
         assert "sampled every 100 ms" in cells["detail"]
         assert "Prism's live Go heap after garbage collection peaked at " in cells["detail"]
+        assert "the child's C heap in use (mallinfo2) was " in cells["detail"]
 
 
 @pytest.mark.timeout(300)
@@ -209,7 +212,8 @@ def test_sizes_memory_scans_large():
         memory.MemoryScan("fnapi", 0, (10_000, 30_000, 100_000)),
         memory.MemoryScan("fnapi", 256, (10_000, 100_000, 1_000_000, 10_000_000)),
         memory.MemoryScan("streaming", 256, (10_000, 100_000)),
-        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000)),
+        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000)),
+        memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000), replay_rate=1_000),
         memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000), case="replay"),
     )
 
@@ -221,6 +225,7 @@ def test_sizes_quick_and_skipped_scans():
 
     sizes = bench_main._sizes(_parse("--quick", "--block_size=64"), ["prism"])
     assert sizes.memory_scans == (memory.MemoryScan("prism_streaming", 64, (600,)),
+                                  memory.MemoryScan("prism_streaming", 64, (600,), replay_rate=1_000),
                                   memory.MemoryScan("prism_streaming", 64, (600,), case="replay"))
 
     sizes = bench_main._sizes(_parse("--memory_sizes=", "--streaming_block_memory_sizes=5000"),
@@ -228,8 +233,9 @@ def test_sizes_quick_and_skipped_scans():
     assert [(scan.engine, scan.block_size) for scan in sizes.memory_scans] == [("fnapi", 256), ("streaming", 256)]
     assert sizes.memory_scans[1].sizes == (5_000,)
 
-    sizes = bench_main._sizes(_parse("--prism_streaming_memory_sizes=", "--replay_memory_sizes="), ["prism"])
-    assert sizes.memory_scans == ()
+    sizes = bench_main._sizes(_parse("--prism_streaming_memory_sizes=", "--replay_memory_sizes=",
+                                     "--paced_memory_sizes=20000", "--prism_replay_rate=500"), ["prism"])
+    assert sizes.memory_scans == (memory.MemoryScan("prism_streaming", 256, (20_000,), replay_rate=500),)
 
 
 def test_sizes_events_for_engine_and_mode():
@@ -251,6 +257,9 @@ def test_sizes_rejects_bad_flags():
         bench_main._sizes(_parse("--block_max_events=50"), ["fnapi"])
     with pytest.raises(ValueError, match=r"--memory_sizes must list positive stream lengths, got 0"):
         bench_main._sizes(_parse("--memory_sizes=0,10000"), ["fnapi"])
+    with pytest.raises(ValueError, match=r"--prism_replay_rate must be a positive, finite number of events per "
+                                         r"second, got 0.0\. To skip the paced scan, pass --paced_memory_sizes="):
+        bench_main._sizes(_parse("--prism_replay_rate=0"), ["prism"])
 
 
 def test_memory_scan_rejects_bad_values():
@@ -263,6 +272,11 @@ def test_memory_scan_rejects_bad_values():
         memory.MemoryScan("fnapi", -1, (10_000,))
     with pytest.raises(ValueError, match=r"Invalid memory scan case 'plain': expected one of online_train, replay"):
         memory.MemoryScan("fnapi", 256, (10_000,), case="plain")
+    with pytest.raises(ValueError, match=r"Invalid memory scan replay rate -5"):
+        memory.MemoryScan("prism_streaming", 256, (10_000,), replay_rate=-5)
+    with pytest.raises(ValueError, match=r"A memory scan on fnapi cannot pace its replay: only the streaming replay "
+                                         r"on prism_streaming follows a replay rate"):
+        memory.MemoryScan("fnapi", 256, (10_000,), replay_rate=1_000)
 
 
 @pytest.mark.timeout(60)
@@ -336,6 +350,27 @@ def test_process_tree_sampler_child_allocation():
     assert 200 <= growth_mb < 260
     assert sampler.max_processes == 2
     assert sampler.samples >= 4
+    if memory.malloc_in_use_mb() is not None:
+        # The C heap sampled is this process's own, which allocated nothing large.
+        assert sampler.heap_peak_mb - sampler.heap_start_mb < 50
+
+
+def test_malloc_in_use_follows_allocation():
+    import ctypes
+
+    before_mb = memory.malloc_in_use_mb()
+    if before_mb is None:
+        pytest.skip("the C library has no mallinfo2 (glibc 2.33 or later)")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    block = libc.malloc(64 * 2**20)
+    try:
+        during_mb = memory.malloc_in_use_mb()
+    finally:
+        libc.free(ctypes.c_void_p(block))
+
+    assert 64 <= during_mb - before_mb < 70
+    assert memory.malloc_in_use_mb() - before_mb < 6
 
 
 def test_go_heap_trace_reads_gctrace(monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -146,6 +147,25 @@ def test_prism_matches_direct_runner(batch_output, prism_location, tmp_path, str
     assert _versions_by_id(str(tmp_path)) == _versions_by_id(batch_output[0])
     for key in ("online_accuracy", "online_log_loss"):
         assert summary[key] == pytest.approx(batch_output[1][key], rel=1e-6), key
+
+
+@pytest.mark.prism
+def test_prism_streaming_paced_replay(batch_output, prism_location, tmp_path):
+    from runners.prism import prism_pipeline_args
+
+    started = time.monotonic()
+    _run(str(tmp_path), *prism_pipeline_args(prism_location), "--streaming", "--replay_rate=30", *SMALL)
+    seconds = time.monotonic() - started
+
+    # The last of the 300 events is due 10 s after the first; unpaced, the
+    # whole job takes about 5 s here.
+    assert seconds >= 299 / 30
+    assert _versions_by_id(str(tmp_path)) == _versions_by_id(batch_output[0])
+
+
+def test_paced_replay_needs_streaming(tmp_path):
+    with pytest.raises(ValueError, match=r"--replay_rate=30 paces only the streaming replay"):
+        _run(str(tmp_path), "--runner=DirectRunner", "--replay_rate=30", *SMALL)
 
 
 def test_drift_detection_writes_events(tmp_path):

@@ -23,6 +23,7 @@ from transforms.records import SourceRecord
 from transforms.replay import (
     ReadEvents,
     ReplayConfig,
+    ReplayPace,
     add_replay_options,
     build_test_stream,
     choose_replay_mode,
@@ -297,6 +298,8 @@ def test_sdf_tracker_rejects_dynamic_splits():
         ({"late_fraction": 0.1}, r"--late_fraction 0.1 needs a positive --late_delay"),
         ({"records_per_watermark_update": 0}, r"Invalid --records_per_watermark_update 0"),
         ({"seed": -3}, r"Invalid --seed -3: expected a non-negative integer"),
+        ({"rate": -1}, r"Invalid --replay_rate -1: expected records per second >= 0"),
+        ({"rate": math.nan}, r"Invalid --replay_rate nan"),
     ],
 )
 def test_replay_config_rejects(kwargs, message):
@@ -309,12 +312,31 @@ def test_replay_flags():
     add_replay_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(
-        ["--max_out_of_orderness=5", "--late_fraction=0.1", "--late_delay=30", "--seed=2"]
+        ["--max_out_of_orderness=5", "--late_fraction=0.1", "--late_delay=30", "--seed=2", "--replay_rate=250"]
     )
 
     config = replay_config_from_args(args)
 
-    assert config == ReplayConfig(max_out_of_orderness=5, late_fraction=0.1, late_delay=30, seed=2)
+    assert config == ReplayConfig(max_out_of_orderness=5, late_fraction=0.1, late_delay=30, seed=2, rate=250)
+
+
+def test_replay_pace_delays():
+    now = [10.0]
+    pace = ReplayPace(100, start=50, clock=lambda: now[0])
+
+    assert pace.delay_s(50) == 0
+    assert pace.delay_s(60) == pytest.approx(0.1)
+    now[0] = 10.04
+    assert pace.delay_s(60) == pytest.approx(0.06)
+    # Behind its pace, a replay catches up without waiting.
+    now[0] = 12.0
+    assert pace.delay_s(150) == 0
+    assert pace.delay_s(300) == pytest.approx(0.5)
+
+
+def test_replay_pace_needs_a_rate():
+    with pytest.raises(ValueError, match="needs a positive rate"):
+        ReplayPace(0, start=0)
 
 
 def test_record_timestamp_without_event_time():
@@ -406,6 +428,17 @@ def test_choose_replay_mode_unknown_runner():
 def test_read_events_rejects_mode():
     with pytest.raises(ValueError, match=r"Invalid replay mode 'stream': expected one of batch, teststream, sdf"):
         ReadEvents(SEA_SOURCE, DISORDERED, mode="stream")
+
+
+@pytest.mark.parametrize("mode", ["batch", "teststream"])
+def test_read_events_rejects_rate_outside_sdf(mode):
+    with pytest.raises(ValueError, match=rf"--replay_rate=100 paces only the streaming replay.*mode '{mode}'"):
+        ReadEvents(SEA_SOURCE, ReplayConfig(rate=100), mode=mode)
+
+
+def test_sdf_paced_same_records():
+    # 300 records at 3,000 per second: about 30 delayed checkpoints.
+    _run_observe(FnApiRunner(), [], SEA_SOURCE, ReplayConfig(records_per_watermark_update=7, rate=3000), "sdf")
 
 
 class _Observe(beam.DoFn):

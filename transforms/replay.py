@@ -22,6 +22,13 @@ The schedule:
 
 Records without an event time (their timestamp failed to parse, or the row
 was malformed) are never moved or held back.
+
+The schedule says nothing about processing time. In mode ``"sdf"`` a
+``rate`` paces the replay to that many records per second, like a live
+stream. Prism has no backpressure: a source that outruns the rest of the
+job leaves its backlog in Prism's memory, which then grows with the stream.
+A rate below the job's throughput keeps that backlog, and the memory,
+bounded.
 """
 
 import argparse
@@ -32,6 +39,7 @@ import itertools
 import logging
 import math
 import threading
+import time
 from typing import Any, Deque, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -43,7 +51,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.blocks import BlockConfig
 from transforms.records import Block, SourceRecord
@@ -61,6 +69,10 @@ _METRICS_NAMESPACE = "replay"
 class ReplayConfig:
     """Replay settings. Durations are in seconds of event time.
 
+    ``rate`` is in records per second of processing time, and only the
+    splittable DoFn (mode ``"sdf"``) follows it; 0 emits the records as fast
+    as the runner takes them.
+
     ``late_fraction`` is a fraction of the records that can become late: those
     whose event time is at least ``max_out_of_orderness + late_delay`` before
     the largest event time of the input. Records near the end of the input
@@ -74,10 +86,12 @@ class ReplayConfig:
     late_delay: float = 0.0
     records_per_watermark_update: int = 100
     seed: int = 0
+    rate: float = 0.0
 
     def __post_init__(self):
         for name in ("max_out_of_orderness", "max_disorder", "late_delay"):
             _check_duration(name, getattr(self, name))
+        _check_rate(self.rate)
         for name in ("disorder_fraction", "late_fraction"):
             _check_fraction(name, getattr(self, name))
 
@@ -111,6 +125,14 @@ def _check_duration(name: str, value: Any) -> None:
         raise ValueError(
             f"Invalid --{name} {value!r}: expected a finite number of seconds >= 0, "
             f"for example --{name}=5."
+        )
+
+
+def _check_rate(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"Invalid --replay_rate {value!r}: expected records per second >= 0 (0 replays as fast "
+            "as the runner takes the records), for example --replay_rate=1000."
         )
 
 
@@ -164,6 +186,15 @@ def add_replay_options(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="Arrivals between two watermark updates.",
     )
+    group.add_argument(
+        "--replay_rate",
+        type=float,
+        default=0.0,
+        help="Records per second of processing time, like a live stream; 0 (the default) replays as fast as "
+             "the runner takes them. Only the streaming replay (--streaming on Prism, Flink or Dataflow) "
+             "follows it. On Prism, which has no backpressure, a rate below the job's throughput keeps its "
+             "memory bounded.",
+    )
 
 
 def replay_config_from_args(args: Any) -> ReplayConfig:
@@ -176,6 +207,7 @@ def replay_config_from_args(args: Any) -> ReplayConfig:
         late_delay=getattr(args, "late_delay", 0.0),
         records_per_watermark_update=getattr(args, "records_per_watermark_update", 100),
         seed=getattr(args, "seed", 0),
+        rate=getattr(args, "replay_rate", 0.0),
     )
 
 
@@ -520,12 +552,37 @@ class _ReplayRestrictionProvider(RestrictionProvider):
         yield restriction
 
 
+class ReplayPace:
+    """When each record of a replay paced at ``rate`` records per second is due, in processing time.
+
+    The pace starts at arrival position ``start`` when it is created.
+    ``clock`` returns seconds; tests pass a fake one.
+    """
+
+    def __init__(self, rate: float, start: int, clock=time.monotonic):
+        _check_rate(rate)
+        if rate == 0:
+            raise ValueError("A ReplayPace needs a positive rate; a rate of 0 means an unpaced replay.")
+        self.rate = rate
+        self._start = start
+        self._clock = clock
+        self._started_s = clock()
+
+    def delay_s(self, position: int) -> float:
+        """Return the seconds until the record at arrival ``position`` is due, 0 when it is due now."""
+        due_s = (position - self._start) / self.rate
+        return max(0.0, due_s - (self._clock() - self._started_s))
+
+
 class _ReplayCursor:
     """An open replay of one (source, replay) element at an arrival position, with look-ahead."""
 
     def __init__(self, element: tuple, start: int):
         self.element = element
         self.position = start
+        rate = element[1].rate
+        # A cursor outlives checkpoints (see _IDLE_CURSORS), so the pace does too.
+        self.pace = ReplayPace(rate, start) if rate else None
         self._records = iter_replay(*element, start=start)
         self._ahead: Deque[SourceRecord] = collections.deque()
 
@@ -569,6 +626,11 @@ def _keep_cursor(cursor: _ReplayCursor) -> None:
             _IDLE_CURSORS.popitem(last=False)
 
 
+# A paced replay goes on emitting while it is less than this ahead of its
+# pace, so that a bundle can carry more than a few records.
+_MIN_PACE_DELAY_S = 0.05
+
+
 class _ReplaySplittableFn(beam.DoFn):
     """Emit the replay from a splittable DoFn that reports its watermark.
 
@@ -602,6 +664,13 @@ class _ReplaySplittableFn(beam.DoFn):
 
     def _emit(self, cursor: _ReplayCursor, tracker, watermark_estimator):
         while True:
+            delay_s = cursor.pace.delay_s(cursor.position) if cursor.pace else 0.0
+            if delay_s > _MIN_PACE_DELAY_S:
+                # A delayed checkpoint frees the worker for the rest of the
+                # job while the replay waits, which a sleep would not.
+                tracker.defer_remainder(Duration.of(delay_s))
+                return
+
             claimed, complete = self._claim(cursor, tracker)
             if claimed:
                 record = claimed[-1]
@@ -688,8 +757,15 @@ class ReadEvents(beam.PTransform):
                 f"Invalid replay mode {mode!r}: expected one of {', '.join(MODES)}, "
                 "for example mode='batch'."
             )
+        replay_config = replay_config or ReplayConfig()
+        if replay_config.rate and mode != "sdf":
+            raise ValueError(
+                f"--replay_rate={replay_config.rate:g} paces only the streaming replay, which runs on Prism, "
+                f"Flink or Dataflow with --streaming; this runner replays in mode {mode!r}, which emits every "
+                "record at once. Add --streaming on one of those runners, or drop --replay_rate."
+            )
         self._source_config = source_config
-        self._replay_config = replay_config or ReplayConfig()
+        self._replay_config = replay_config
         self._mode = mode
         self._blocks = blocks
 
