@@ -65,6 +65,10 @@ PROCESS_TREE_ENGINES = ("prism_streaming",)
 # The scan engines whose replay is the splittable DoFn, the only mode that follows --replay_rate.
 PACED_ENGINES = ("prism_streaming",)
 SAMPLE_PERIOD_S = 0.1
+# A paced run that takes longer than this factor of its pace plus these
+# seconds fell behind its replay.
+PACE_SLACK_FACTOR = 1.25
+PACE_SLACK_S = 15.0
 # Beam's PrismRunner logs the job server's output through this logger.
 PRISM_LOGGER = "PrismJobServer"
 # A gctrace line: "gc 7 @3.7s 0%: ..., 13->13->7 MB, 14 MB goal, ...", where
@@ -80,7 +84,7 @@ class MemoryScan:
     block_size: int
     sizes: Tuple[int, ...]
     case: str = "online_train"
-    # Records per second of processing time; 0 replays as fast as the runner takes them.
+    # Records per second of processing time, where 0 replays as fast as the runner takes them.
     replay_rate: float = 0.0
 
     def __post_init__(self):
@@ -95,8 +99,8 @@ class MemoryScan:
             raise ValueError(f"Invalid memory scan replay rate {self.replay_rate}: expected records per second "
                              ">= 0, where 0 replays as fast as the runner takes the records.")
         if self.replay_rate and self.engine not in PACED_ENGINES:
-            raise ValueError(f"A memory scan on {self.engine} cannot pace its replay: only the streaming replay "
-                             f"on {', '.join(PACED_ENGINES)} follows a replay rate.")
+            raise ValueError(f"A memory scan on {self.engine} cannot pace its replay, because only the streaming "
+                             f"replay on {', '.join(PACED_ENGINES)} follows a replay rate.")
 
 
 def scan_engine(name: str) -> Engine:
@@ -201,9 +205,9 @@ _MALLINFO2 = _load_mallinfo2()
 def malloc_in_use_mb() -> Optional[float]:
     """Return the C heap that this process's allocator has handed out and not taken back, in MiB.
 
-    That is glibc's in-use chunks of all arenas plus its mmapped chunks;
-    None where the C library is not glibc 2.33 or later. CPython's small
-    object arenas are mapped directly and are not part of it.
+    That is glibc's in-use chunks of all arenas plus its mmapped chunks.
+    Returns None where the C library is not glibc 2.33 or later. CPython's
+    small object arenas are mapped directly and are not part of it.
     """
     if _MALLINFO2 is None:
         return None
@@ -399,6 +403,8 @@ def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float)
                    f"and its descendants (up to {report['tree_max_processes']} processes, Prism's job server "
                    f"included), sampled every {report['tree_period_ms']:.0f} ms ({report['tree_samples']} "
                    "samples), so a shorter peak can be missed")
+    if report.get("replay_rate"):
+        detail += _pace_detail(size, report["replay_rate"], report["seconds"])
     if report.get("malloc_peak_mb") is not None:
         detail += (f"; the child's C heap in use (mallinfo2) was {report['malloc_start_mb']:.0f} MiB at the "
                    f"start, peaked at {report['malloc_peak_mb']:.0f} MiB and ended at "
@@ -410,6 +416,17 @@ def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float)
         "memory", case, engine, events=size, seconds=report["seconds"],
         events_per_s=size / report["seconds"], detail=detail, peak_rss_mb=run_peak_mb,
     )
+
+
+def _pace_detail(size: int, replay_rate: float, seconds: float) -> str:
+    """Describe a paced run's pace, and say so when the job fell behind it."""
+    pace_s = size / replay_rate
+    detail = f"; replay paced at {replay_rate:,.0f} events/s, which alone takes {pace_s:,.0f} s"
+    # Starting the job and Prism takes some seconds more than the pace.
+    if seconds > PACE_SLACK_FACTOR * pace_s + PACE_SLACK_S:
+        detail += (" (the job took longer, so it fell behind its replay and Prism held a backlog: lower "
+                   "--prism_replay_rate)")
+    return detail
 
 
 def _child_main(argv=None) -> None:

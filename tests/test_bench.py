@@ -148,6 +148,8 @@ def test_quick_run_memory_prism_streaming(quick_run, prism_engine):
         assert "sampled every 100 ms" in cells["detail"]
         assert "Prism's live Go heap after garbage collection peaked at " in cells["detail"]
         assert "the child's C heap in use (mallinfo2) was " in cells["detail"]
+    paced = rows["memory/online_train, blocks of 64, replay paced at 1,000 events/s, peak RSS/prism_streaming"]
+    assert "; replay paced at 1,000 events/s, which alone takes 1 s" in paced["detail"]
 
 
 @pytest.mark.timeout(300)
@@ -274,8 +276,8 @@ def test_memory_scan_rejects_bad_values():
         memory.MemoryScan("fnapi", 256, (10_000,), case="plain")
     with pytest.raises(ValueError, match=r"Invalid memory scan replay rate -5"):
         memory.MemoryScan("prism_streaming", 256, (10_000,), replay_rate=-5)
-    with pytest.raises(ValueError, match=r"A memory scan on fnapi cannot pace its replay: only the streaming replay "
-                                         r"on prism_streaming follows a replay rate"):
+    with pytest.raises(ValueError, match=r"A memory scan on fnapi cannot pace its replay, because only the "
+                                         r"streaming replay on prism_streaming follows a replay rate"):
         memory.MemoryScan("fnapi", 256, (10_000,), replay_rate=1_000)
 
 
@@ -353,6 +355,12 @@ def test_process_tree_sampler_child_allocation():
     if memory.malloc_in_use_mb() is not None:
         # The C heap sampled is this process's own, which allocated nothing large.
         assert sampler.heap_peak_mb - sampler.heap_start_mb < 50
+
+
+def test_pace_detail_flags_a_job_behind():
+    assert memory._pace_detail(100_000, 1_000, 106.5) == "; replay paced at 1,000 events/s, which alone takes 100 s"
+    assert memory._pace_detail(100_000, 1_000, 150.0).endswith("fell behind its replay and Prism held a backlog: "
+                                                                "lower --prism_replay_rate)")
 
 
 def test_malloc_in_use_follows_allocation():

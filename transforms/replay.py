@@ -23,12 +23,11 @@ The schedule:
 Records without an event time (their timestamp failed to parse, or the row
 was malformed) are never moved or held back.
 
-The schedule says nothing about processing time. In mode ``"sdf"`` a
-``rate`` paces the replay to that many records per second, like a live
-stream. Prism has no backpressure: a source that outruns the rest of the
-job leaves its backlog in Prism's memory, which then grows with the stream.
-A rate below the job's throughput keeps that backlog, and the memory,
-bounded.
+The schedule sets no processing time. In mode ``"sdf"`` a ``rate`` paces
+the replay to that many records per second, like a live stream. Prism has
+no backpressure, so a source that outruns the rest of the job leaves its
+backlog in Prism's memory, which then grows with the stream. A rate below
+the job's throughput keeps that backlog, and the memory, bounded.
 """
 
 import argparse
@@ -553,7 +552,7 @@ class _ReplayRestrictionProvider(RestrictionProvider):
 
 
 class ReplayPace:
-    """When each record of a replay paced at ``rate`` records per second is due, in processing time.
+    """The processing time at which each record of a replay paced at ``rate`` records per second is due.
 
     The pace starts at arrival position ``start`` when it is created.
     ``clock`` returns seconds; tests pass a fake one.
