@@ -245,6 +245,10 @@ def test_config_from_options_invalid_spec():
         ("global", 0.0, 10.0, 1e12, False),
         ("fixed:60s", 0.0, 10.0, float("-inf"), False),
         ("fixed:60s", 0.0, 10.0, float("inf"), True),
+        # Finite watermarks too large for microseconds in a float.
+        ("fixed:60s", 0.0, 10.0, 1.797e302, True),
+        ("fixed:60s", 0.0, 10.0, -1.797e302, False),
+        ("sliding:60s/20s", 10.0, 0.0, 1.797693134862316e302, True),
     ],
 )
 def test_is_droppable_known_answers(

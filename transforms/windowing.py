@@ -317,9 +317,14 @@ def is_droppable(
     if watermark == math.inf:
         return True
 
-    lateness_micros = round(allowed_lateness * _MICROS_PER_SECOND)
-    watermark_micros = round(watermark * _MICROS_PER_SECOND)
-    return last_end.micros + lateness_micros <= watermark_micros
+    lateness_micros = allowed_lateness * _MICROS_PER_SECOND
+    watermark_micros = watermark * _MICROS_PER_SECOND
+    if math.isinf(lateness_micros) or math.isinf(watermark_micros):
+        # Beyond 1.8e302 s the product overflows, and round() would raise.
+        # Such a lateness keeps every element, and such a watermark has
+        # passed every window end (or none, when negative).
+        return not math.isinf(lateness_micros) and watermark_micros > 0
+    return last_end.micros + round(lateness_micros) <= round(watermark_micros)
 
 
 def last_window_end(
