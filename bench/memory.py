@@ -305,8 +305,9 @@ def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
     """Run one case in a child interpreter; return its report plus ``peak_rss_mb``.
 
     ``engine``, ``block_size`` (``online_train``'s ``--block_size``) and
-    ``replay_rate`` (its ``--replay_rate``) apply to the pipeline cases only. ``peak_rss_mb`` is the child's
-    peak resident set size in MiB, imports included. The report has
+    ``replay_rate`` (its ``--replay_rate``) apply to the pipeline cases
+    only. ``peak_rss_mb`` is the child's peak resident set size in MiB,
+    imports included. The report has
     ``start_rss_mb`` (after the imports) and ``run_peak_rss_mb`` (the
     high-water mark after that, None where the kernel cannot reset it).
     On the PROCESS_TREE_ENGINES it also has the summed RSS of the child and
