@@ -52,7 +52,7 @@ DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000)
 DEFAULT_PACED_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 # Below the 1,300 to 1,400 events/s that the job reached on Prism with
 # --streaming on 2 cores (bench run of 2026-12-05, 07:09 UTC), so that the
-# job keeps up with its replay. A row says when a run fell behind its pace.
+# job keeps up with its replay. A paced row flags a run that fell behind its pace.
 DEFAULT_PRISM_REPLAY_RATE = 1_000.0
 DEFAULT_REPLAY_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
 LARGE_BLOCK_MEMORY_SIZES = (10_000_000,)

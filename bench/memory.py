@@ -129,7 +129,7 @@ class ProcessTreeSampler:
     to :meth:`stop`. A page shared by several processes counts once in each
     of them, and a peak shorter than the period can fall between two
     samples. When the root is this process, it also samples the C heap in
-    use (:func:`malloc_in_use_mb`), where glibc can say. Needs Linux.
+    use (:func:`malloc_in_use_mb`) where glibc reports it. Needs Linux.
     """
 
     def __init__(self, root_pid: Optional[int] = None, period_s: float = SAMPLE_PERIOD_S):
@@ -420,7 +420,7 @@ def _memory_row(case: str, engine: str, size: int, report: dict, base_mb: float)
 
 
 def _pace_detail(size: int, replay_rate: float, seconds: float) -> str:
-    """Describe a paced run's pace, and say so when the job fell behind it."""
+    """Describe a paced run's pace, and flag a run in which the job fell behind it."""
     pace_s = size / replay_rate
     detail = f"; replay paced at {replay_rate:,.0f} events/s, which alone takes {pace_s:,.0f} s"
     # Starting the job and Prism takes some seconds more than the pace.
