@@ -46,7 +46,10 @@ QUICK_EVENTS = 600
 QUICK_MEMORY_SIZES = (600,)
 DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MEMORY_SIZES = (10_000, 30_000, 100_000)
-DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
+DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 400_000, 1_000_000)
+# The job's default on the FnApiRunner runs a stream longer than one segment
+# in segments; this scan runs it as one pipeline for comparison.
+DEFAULT_ONE_PIPELINE_MEMORY_SIZES = (1_000_000,)
 DEFAULT_STREAMING_BLOCK_MEMORY_SIZES = (10_000, 100_000)
 DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000)
 DEFAULT_PACED_MEMORY_SIZES = (10_000, 100_000, 1_000_000)
@@ -97,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "would take about 7 minutes (an estimate from 2,300 events/s at 10^5 on 2 cores).")
     parser.add_argument("--block_memory_sizes", default=_size_list(DEFAULT_BLOCK_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the FnApiRunner memory scan in block mode "
-                             "(empty to skip).")
+                             "(empty to skip). Streams longer than the job's --segment_events run in segments.")
+    parser.add_argument("--one_pipeline_memory_sizes", default=_size_list(DEFAULT_ONE_PIPELINE_MEMORY_SIZES),
+                        help="Comma-separated stream lengths of the FnApiRunner memory scan in block mode with "
+                             "--segment_events=0, one pipeline for the whole stream (empty to skip); 10^6 events "
+                             "take about 5 minutes and 1.6 GiB more than the imports.")
     parser.add_argument("--streaming_block_memory_sizes", default=_size_list(DEFAULT_STREAMING_BLOCK_MEMORY_SIZES),
                         help="Comma-separated stream lengths of the streaming DirectRunner memory scan in block "
                              "mode (empty to skip).")
@@ -118,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "with --streaming, in block mode (empty to skip); 10^6 events take about 100 s.")
     parser.add_argument("--large", action="store_true",
                         help=f"Add {_size_list(LARGE_BLOCK_MEMORY_SIZES)} events to the FnApiRunner block-mode "
-                             "memory scan: about 30 minutes on 2 cores and about 20 GiB of memory, estimates from "
-                             "5,600 events/s and 2 KiB per event measured at 10^6 events in blocks of 256.")
+                             "memory scan, in segments: about 40 minutes on 2 cores, an estimate from 4,300 "
+                             "events/s measured at 10^6 events in blocks of 256.")
     parser.add_argument("--torch_threads", type=int, default=1,
                         help="torch intra-op threads for every case; 1 suits these small models on a shared CPU.")
     parser.add_argument("--docs_dir", default="docs",
@@ -170,10 +177,12 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
     if args.quick:
         memory_sizes = block_memory_sizes = streaming_block_memory_sizes = QUICK_MEMORY_SIZES
         prism_streaming_memory_sizes = replay_memory_sizes = paced_memory_sizes = QUICK_MEMORY_SIZES
+        one_pipeline_memory_sizes = QUICK_MEMORY_SIZES
         events = streaming_events = block_events = streaming_block_events = QUICK_EVENTS
     else:
         memory_sizes = _parse_sizes("--memory_sizes", args.memory_sizes)
         block_memory_sizes = _parse_sizes("--block_memory_sizes", args.block_memory_sizes)
+        one_pipeline_memory_sizes = _parse_sizes("--one_pipeline_memory_sizes", args.one_pipeline_memory_sizes)
         streaming_block_memory_sizes = _parse_sizes("--streaming_block_memory_sizes",
                                                     args.streaming_block_memory_sizes)
         prism_streaming_memory_sizes = _parse_sizes("--prism_streaming_memory_sizes",
@@ -193,7 +202,8 @@ def _sizes(args, engine_names: List[str]) -> Sizes:
     scans = []
     if "fnapi" in engine_names:
         scans += [memory.MemoryScan("fnapi", 0, memory_sizes),
-                  memory.MemoryScan("fnapi", args.block_size, block_memory_sizes)]
+                  memory.MemoryScan("fnapi", args.block_size, block_memory_sizes),
+                  memory.MemoryScan("fnapi", args.block_size, one_pipeline_memory_sizes, segment_events=0)]
     if "streaming" in engine_names:
         scans.append(memory.MemoryScan("streaming", args.block_size, streaming_block_memory_sizes))
     if "prism" in engine_names:

@@ -86,6 +86,8 @@ class MemoryScan:
     case: str = "online_train"
     # Records per second of processing time, where 0 replays as fast as the runner takes them.
     replay_rate: float = 0.0
+    # online_train's --segment_events; None keeps the job's default.
+    segment_events: Optional[int] = None
 
     def __post_init__(self):
         if self.case not in PIPELINE_CASES:
@@ -101,6 +103,9 @@ class MemoryScan:
         if self.replay_rate and self.engine not in PACED_ENGINES:
             raise ValueError(f"A memory scan on {self.engine} cannot pace its replay, because only the streaming "
                              f"replay on {', '.join(PACED_ENGINES)} follows a replay rate.")
+        if self.segment_events is not None and (self.engine != "fnapi" or self.case != "online_train"):
+            raise ValueError(f"A memory scan of {self.case} on {self.engine} cannot set segment_events: only "
+                             "online_train on fnapi runs in segments.")
 
 
 def scan_engine(name: str) -> Engine:
@@ -301,11 +306,13 @@ def _parent_pid(pid: int) -> Optional[int]:
 
 
 def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
-              engine: str = "fnapi", block_size: int = 0, replay_rate: float = 0.0) -> dict:
+              engine: str = "fnapi", block_size: int = 0, replay_rate: float = 0.0,
+              segment_events: Optional[int] = None) -> dict:
     """Run one case in a child interpreter; return its report plus ``peak_rss_mb``.
 
-    ``engine``, ``block_size`` (``online_train``'s ``--block_size``) and
-    ``replay_rate`` (its ``--replay_rate``) apply to the pipeline cases
+    ``engine``, ``block_size`` (``online_train``'s ``--block_size``),
+    ``replay_rate`` (its ``--replay_rate``) and ``segment_events`` (its
+    ``--segment_events``, None for its default) apply to the pipeline cases
     only. ``peak_rss_mb`` is the child's peak resident set size in MiB,
     imports included. The report has
     ``start_rss_mb`` (after the imports) and ``run_peak_rss_mb`` (the
@@ -324,6 +331,8 @@ def run_child(case: str, dataset: str, max_events: int, torch_threads: int,
         f"--max_events={max_events}", f"--torch_threads={torch_threads}",
         f"--engine={engine}", f"--block_size={block_size}", f"--replay_rate={replay_rate}",
     ]
+    if segment_events is not None:
+        command.append(f"--segment_events={segment_events}")
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryFile() as stderr:
@@ -350,13 +359,13 @@ def memory_rows(dataset: str, scans: Sequence[MemoryScan], torch_threads: int) -
     rows: List[Row] = []
     base_mb = None
     for size in sorted({size for scan in scans for size in scan.sizes}):
-        runs = [("plain", "plain PyTorch loop", "-", 0, 0.0)]
-        runs += [(scan.case, _scan_label(scan), scan.engine, scan.block_size, scan.replay_rate)
+        runs = [("plain", "plain PyTorch loop", "-", 0, 0.0, None)]
+        runs += [(scan.case, _scan_label(scan), scan.engine, scan.block_size, scan.replay_rate, scan.segment_events)
                  for scan in scans if size in scan.sizes]
-        for case, label, engine, block_size, replay_rate in runs:
+        for case, label, engine, block_size, replay_rate, segment_events in runs:
             try:
                 report = run_child(case, dataset, size, torch_threads, engine="fnapi" if engine == "-" else engine,
-                                   block_size=block_size, replay_rate=replay_rate)
+                                   block_size=block_size, replay_rate=replay_rate, segment_events=segment_events)
             except (RuntimeError, ValueError) as error:  # One failed run must not lose the others.
                 _LOGGER.exception("Memory scan of %s on %s at %d events failed.", label, engine, size)
                 rows.append(Row("memory", f"{label}, peak RSS", engine, events=size,
@@ -386,6 +395,10 @@ def _scan_label(scan: MemoryScan) -> str:
     label = f"{_CASE_LABELS[scan.case]}, {mode_label(scan.block_size)}"
     if scan.replay_rate:
         label += f", replay paced at {scan.replay_rate:,.0f} events/s"
+    if scan.segment_events == 0:
+        label += ", one pipeline"
+    elif scan.segment_events is not None:
+        label += f", segments of {scan.segment_events:,} events"
     return label
 
 
@@ -443,6 +456,8 @@ def _child_main(argv=None) -> None:
                         help="online_train's --block_size: events per Beam element, 0 for one event per element.")
     parser.add_argument("--replay_rate", type=float, default=0.0,
                         help="online_train's --replay_rate: records per second, 0 for as fast as the runner takes them.")
+    parser.add_argument("--segment_events", type=int, default=None,
+                        help="online_train's --segment_events; absent keeps the job's default.")
     args = parser.parse_args(argv)
     if args.block_size < 0:
         parser.error(f"--block_size must be 0 (per event) or more, got {args.block_size}.")
@@ -472,6 +487,8 @@ def _child_main(argv=None) -> None:
         # The pipeline reads the stream itself: only its flags are needed here.
         with tempfile.TemporaryDirectory() as output_dir:
             job_args = workload.job_args(args.dataset, args.max_events) + _rate_args(args.replay_rate)
+            if args.segment_events is not None:
+                job_args.append(f"--segment_events={args.segment_events}")
             online_train.run(throughput.online_train_argv(job_args, output_dir, engine, args.block_size))
     elif args.case == "replay":
         _run_replay(args.dataset, args.max_events, engine, args.block_size, args.replay_rate)
@@ -484,6 +501,7 @@ def _child_main(argv=None) -> None:
         "case": args.case, "engine": args.engine if on_engine else None,
         "block_size": args.block_size if on_engine else None,
         "replay_rate": args.replay_rate if on_engine else None,
+        "segment_events": args.segment_events if on_engine else None,
         "max_events": args.max_events, "seconds": seconds,
         "imports_peak_rss_mb": imports_rss_mb, "start_rss_mb": start_rss_mb,
         "run_peak_rss_mb": run_peak_rss_mb,

@@ -143,21 +143,22 @@ def describe_engine(result, options) -> str:
     return f"{runner} ({name})"
 
 
-def log_counters(result) -> dict:
-    """Log every user counter of a finished pipeline; return them by name.
+def log_counters(results) -> dict:
+    """Log every user counter of finished pipelines, summed over them; return the sums by name.
 
     Names are ``<namespace>.<name>``. NOTE: the legacy streaming DirectRunner
     in Beam 2.77 reports only part of its counters, so totals there are low.
     """
-    try:
-        counters = result.metrics().query()["counters"]
-    except (NotImplementedError, AttributeError, KeyError):
-        _LOGGER.info("This runner does not report metrics to the driver.")
-        return {}
     totals = {}
-    for counter in counters:
-        key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
-        totals[key] = totals.get(key, 0) + (counter.committed if counter.committed is not None else counter.attempted)
+    for result in results:
+        try:
+            counters = result.metrics().query()["counters"]
+        except (NotImplementedError, AttributeError, KeyError):
+            _LOGGER.info("This runner does not report metrics to the driver.")
+            return {}
+        for counter in counters:
+            key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
+            totals[key] = totals.get(key, 0) + (counter.committed if counter.committed is not None else counter.attempted)
     for key in sorted(totals):
         _LOGGER.info("Counter %s = %d", key, totals[key])
     return totals
@@ -167,23 +168,31 @@ def is_local_path(path: str) -> bool:
     return "://" not in path
 
 
-def distribution_summaries(result, names) -> dict:
-    """Return ``{<name>_min, _mean, _max}`` for each named Beam distribution.
+def distribution_summaries(results, names) -> dict:
+    """Return ``{<name>_min, _mean, _max}`` for each named Beam distribution, over finished pipelines.
 
-    ``names`` are ``<namespace>.<name>``; distributions the runner did not
+    ``names`` are ``<namespace>.<name>``; distributions the runners did not
     report are left out.
     """
-    try:
-        distributions = result.metrics().query()["distributions"]
-    except (NotImplementedError, AttributeError, KeyError):
-        return {}
+    merged = {}
+    for result in results:
+        try:
+            distributions = result.metrics().query()["distributions"]
+        except (NotImplementedError, AttributeError, KeyError):
+            return {}
+        for distribution in distributions:
+            key = f"{distribution.key.metric.namespace}.{distribution.key.metric.name}"
+            data = distribution.committed or distribution.attempted
+            if key not in names or data is None or not data.count:
+                continue
+            short = distribution.key.metric.name
+            # A DistributionResult wraps the DistributionData that can combine.
+            data = getattr(data, "data", data)
+            seen = merged.get(short)
+            merged[short] = data if seen is None else seen.combine(data)
+
     summaries = {}
-    for distribution in distributions:
-        key = f"{distribution.key.metric.namespace}.{distribution.key.metric.name}"
-        data = distribution.committed or distribution.attempted
-        if key not in names or data is None or not data.count:
-            continue
-        short = distribution.key.metric.name
+    for short, data in merged.items():
         summaries[f"{short}_min"] = data.min
         summaries[f"{short}_mean"] = data.sum / data.count
         summaries[f"{short}_max"] = data.max

@@ -11,6 +11,7 @@ versioned checkpoints and a manifest), ``dead_letter/`` (JSON Lines),
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import os
 import shlex
 import shutil
 import sys
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -30,6 +31,7 @@ from ml.drift import DETECTORS
 from ml.trainer import OPTIMIZERS, REACTIONS, TrainerConfig
 from pipelines import common
 from pipelines import report
+from pipelines import segments
 from transforms import dead_letter
 from transforms import replay
 from transforms import schema as schema_lib
@@ -202,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "cost; 0 carries one event per element. Blocks need fixed, sliding or global "
                             f"windows and a trigger without counts. Default: {DEFAULT_BLOCK_SIZE} where "
                             "they can be used, else 0.")
+    group.add_argument("--segment_events", type=int, default=None,
+                       help="Run a bounded replay in batch as consecutive pipelines of about this many records, "
+                            "cut where windows start, each resuming from the newest model version; the "
+                            "outputs equal those of one pipeline and memory stays bounded by the segment. "
+                            "0 runs one pipeline. Default: "
+                            f"{segments.DEFAULT_SEGMENT_EVENTS} on the DirectRunner in batch (the FnApiRunner, "
+                            "which keeps a batch pipeline's data in memory), else 0.")
 
     group = parser.add_argument_group("validation and output")
     group.add_argument("--schema", default=None,
@@ -232,25 +241,29 @@ class SourceScan(NamedTuple):
     malformed ones left out, for schema inference. ``newest_event_time`` is
     where the trainer's timer chain may stop, and with ``oldest_event_time``
     it gives the number of serving windows. Both are infinite for a source
-    without event times.
+    without event times. ``records`` counts every record, malformed ones
+    included.
     """
 
     sample: list
     oldest_event_time: float
     newest_event_time: float
+    records: int = 0
 
 
 def scan_source(source_config, sample_count: int) -> SourceScan:
     """Read a bounded source once; return its schema sample and event-time range."""
     sample = []
     oldest, newest = float("inf"), float("-inf")
+    records = 0
     for record in sources.read_source_records(sources.resolve_source_config(source_config)):
+        records += 1
         if record.arrival < sample_count and sources.malformed_reason(record) is None:
             sample.append(record.row)
         if record.event_time is not None:
             oldest = min(oldest, record.event_time)
             newest = max(newest, record.event_time)
-    return SourceScan(sample, oldest, newest)
+    return SourceScan(sample, oldest, newest, records)
 
 
 def serving_window_count(scan: SourceScan, serving_window_s: float) -> int:
@@ -359,8 +372,26 @@ def skip_trained(element, resume_from: float) -> list:
     return [element] if element.event_time >= resume_from else []
 
 
+class _Job(NamedTuple):
+    """The settings and objects shared by every pipeline of one job, one pipeline or one per segment."""
+
+    args: argparse.Namespace
+    options: Any
+    source_config: Any
+    replay_config: replay.ReplayConfig
+    mode: str
+    windowing_config: windowing.WindowingConfig
+    serving_window_s: float
+    blocks: Optional[Any]
+    schema: Any
+    model_spec: ModelSpec
+    training_config: TrainingConfig
+    baseline_version: Any
+    filesystem: BeamFileSystem
+
+
 def run(argv: Optional[List[str]] = None) -> dict:
-    """Build and run the pipeline; return the report summary."""
+    """Build and run the pipeline, or one per segment; return the report summary."""
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
     options = common.build_pipeline_options(pipeline_args)
@@ -369,13 +400,13 @@ def run(argv: Optional[List[str]] = None) -> dict:
     source_config = sources.source_config_from_args(args)
     replay_config = replay.replay_config_from_args(args)
     mode = replay.choose_replay_mode(options)
-    # TODO: in batch the FnApiRunner's memory grows 1.5 KiB per event; run long streams as resumed segments.
     check_late_replay(mode, replay_config)
     if args.window is None:
         args.window = default_window_spec(source_config)
     windowing_config = windowing.WindowingConfig.from_options(args)
     serving_window_s = common.serving_window_seconds(args.serving_window, windowing_config)
     blocks = block_config(args.block_size, windowing_config, serving_window_s)
+    per_segment, period_micros = segment_settings(args, options, mode, windowing_config, serving_window_s)
 
     prepare_output_dir(args.output_dir, args.resume)
     if args.schema_sample_rows < 1:
@@ -386,6 +417,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     schema = load_or_infer_schema(args, source_config, scan.sample)
     newest_event_time = scan.newest_event_time
     serving_windows = serving_window_count(scan, serving_window_s)
+    segmented = per_segment and scan.records > per_segment
     # Up to --schema_sample_rows rows would otherwise stay alive for the whole run.
     del scan
     schema_lib.save_schema(schema, os.path.join(args.output_dir, "schema.pbtxt"))
@@ -405,7 +437,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
         rollback_factor=args.rollback_factor,
         torch_threads=args.torch_threads or None,
     )
-    initial_version = publish_initial_model(training_config, store)
+    baseline_version = publish_initial_model(training_config, store)
+    initial_version = baseline_version
     if args.resume:
         initial_version = store.latest(model_name) or initial_version
         _LOGGER.info("Resuming from version %d of %s.", initial_version.version, model_name)
@@ -416,13 +449,92 @@ def run(argv: Optional[List[str]] = None) -> dict:
         args.window, serving_window_s, args.model_selection,
         f"blocks of up to {blocks.size} events" if blocks else "one event per element",
     )
+    job = _Job(args, options, source_config, replay_config, mode, windowing_config, serving_window_s, blocks,
+               schema, model_spec, training_config, baseline_version, filesystem)
+    deep_metrics = serving_windows > common.MAX_SHALLOW_BUNDLES
+    if segmented:
+        results = run_segments(job, store, initial_version, per_segment, period_micros, deep_metrics)
+    else:
+        results = [common.run_and_wait(build_pipeline(job, initial_version), options, deep_metrics=deep_metrics)]
 
-    pipeline = beam.Pipeline(options=options)
-    records = pipeline | "ReadEvents" >> replay.ReadEvents(source_config, replay_config, mode, blocks)
+    engine = common.describe_engine(results[-1], options)
+    _LOGGER.info("Pipeline finished on %s.", engine)
+    counters = common.log_counters(results)
+    validation = {
+        name.split(".", 1)[1]: counters[name]
+        for name in REPORTED_COUNTERS
+        if name in counters
+    }
+    validation.update(common.distribution_summaries(results, REPORTED_DISTRIBUTIONS))
+
+    output = args.output_dir
+    if args.no_report or not common.is_local_path(output):
+        return dict(validation, engine=engine)
+    command = "python -m pipelines.online_train " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
+    summary = report.build_report(output, model_name, model_spec.task, engine, command, validation)
+    print(report.format_summary_table(summary))
+    print(f"Report: {os.path.join(output, 'report.md')}")
+    return summary
+
+
+def segment_settings(args, options, mode: str, windowing_config, serving_window_s: float) -> tuple:
+    """Return the records per segment (0: one pipeline) and the period of the possible cuts in microseconds."""
+    per_segment = segments.events_per_segment(
+        args.segment_events, common.runs_on_fnapi_runner(options), mode, args.model_selection
+    )
+    if per_segment == 0:
+        return 0, None
+    try:
+        period_micros = segments.cut_period_micros(windowing_config.window, serving_window_s)
+    except ValueError:
+        if args.segment_events is not None:
+            raise
+        _LOGGER.info("Running one pipeline: --window=%s cannot be cut into segments.", windowing_config.window)
+        return 0, None
+    return per_segment, period_micros
+
+
+def run_segments(job: _Job, store: ModelStore, initial_version, per_segment: int, period_micros: int,
+                 deep_metrics: bool) -> list:
+    """Run one pipeline per planned segment, each from the newest version; return their results."""
+    planned = segments.plan_segments(
+        replay.iter_replay(sources.resolve_source_config(job.source_config), job.replay_config),
+        period_micros,
+        per_segment,
+    )
+    results = []
+    version = initial_version
+    for position, segment in enumerate(planned, start=1):
+        if position > 1:
+            version = store.latest(job.training_config.model_name) or version
+        _LOGGER.info(
+            "Segment %d of %d: %d records from arrival %d, starting from version %d.",
+            position, len(planned), segment.records, segment.replay.first_arrival, version.version,
+        )
+        pipeline = build_pipeline(job, version, segment, segments.dead_letter_prefix(position))
+        results.append(common.run_and_wait(pipeline, job.options, deep_metrics=deep_metrics))
+    return results
+
+
+def build_pipeline(job: _Job, initial_version, segment: Optional[segments.Segment] = None,
+                   dead_letter_prefix: str = dead_letter.FILE_PREFIX) -> beam.Pipeline:
+    """Build the job's pipeline over the whole replay, or over one segment of it."""
+    args = job.args
+    training_config = job.training_config
+    replay_segment = None
+    if segment is not None:
+        replay_segment = segment.replay
+        if replay_segment.end_micros is not None:
+            training_config = dataclasses.replace(training_config, end_of_stream=segment.newest_event_time)
+
+    pipeline = beam.Pipeline(options=job.options)
+    records = pipeline | "ReadEvents" >> replay.ReadEvents(
+        job.source_config, job.replay_config, job.mode, job.blocks, replay_segment
+    )
     validated = records | "ValidateRecords" >> ValidateRecords(
-        schema,
+        job.schema,
         max_record_bytes=args.max_record_bytes,
-        lateness=windowing_config.lateness_rule(),
+        lateness=job.windowing_config.lateness_rule(),
     )
     events = validated.valid
     if args.resume and initial_version.version > 0:
@@ -433,18 +545,20 @@ def run(argv: Optional[List[str]] = None) -> dict:
         events = events | "SkipTrainedEvents" >> beam.FlatMap(skip_trained, resume_from)
 
     trained = events | "TrainOnline" >> TrainOnline(
-        training_config, windowing_config.window_into("WindowForTraining"), initial_version, filesystem
+        training_config, job.windowing_config.window_into("WindowForTraining"), initial_version, job.filesystem
     )
+    store_root = training_config.store_root
     handler = SafetensorsModelHandler(
-        store_root, device=args.device, filesystem=filesystem, max_batch_size=args.inference_batch_size
+        store_root, device=args.device, filesystem=job.filesystem, max_batch_size=args.inference_batch_size
     )
     served = events | "VersionedInference" >> VersionedInference(
         handler,
-        serving_window_s,
+        job.serving_window_s,
         initial_version,
         serving_records=trained.serving,
         published_versions=trained.versions,
         model_selection=args.model_selection,
+        baseline_version=job.baseline_version,
         max_cached_models=args.max_cached_models,
         backpressure=BackpressureConfig(
             enabled=not args.no_backpressure,
@@ -454,49 +568,34 @@ def run(argv: Optional[List[str]] = None) -> dict:
         ),
         device=args.device,
         torch_threads=args.torch_threads or None,
-        blocks=blocks is not None,
-        allowed_lateness_s=windowing_config.lateness_rule().max_delay_s(),
+        blocks=job.blocks is not None,
+        allowed_lateness_s=job.windowing_config.lateness_rule().max_delay_s(),
     )
-    predictions = served.predictions
+    write_outputs(job, validated.dead_letter, trained, served, dead_letter_prefix)
+    return pipeline
 
-    output = args.output_dir
+
+def write_outputs(job: _Job, validation_dead_letters, trained, served, dead_letter_prefix: str) -> None:
+    """Attach the sinks: predictions, per-window metrics, drift events and dead letters."""
+    output = job.args.output_dir
+    task = job.model_spec.task
+    predictions = served.predictions
     _ = predictions | "WritePredictions" >> WriteRows(
         os.path.join(output, "predictions"), "parquet", PREDICTION_SCHEMA, prediction_to_row
     )
-    metrics = predictions | "PrequentialMetrics" >> PrequentialMetrics(model_spec.task)
-    _ = metrics | "WriteMetricsParquet" >> WriteRows(
-        os.path.join(output, "metrics"), "parquet", metrics_schema(model_spec.task)
-    )
+    metrics = predictions | "PrequentialMetrics" >> PrequentialMetrics(task)
+    _ = metrics | "WriteMetricsParquet" >> WriteRows(os.path.join(output, "metrics"), "parquet", metrics_schema(task))
     _ = metrics | "WriteMetricsJson" >> WriteRows(os.path.join(output, "metrics"), "jsonl")
     inference_dead_letters = served.dead_letter | "DeadLettersToGlobalWindow" >> beam.WindowInto(
         beam.window.GlobalWindows()
     )
     _ = (
         trained.drift
-        | "WindowDriftEvents" >> beam.WindowInto(beam.window.FixedWindows(serving_window_s))
+        | "WindowDriftEvents" >> beam.WindowInto(beam.window.FixedWindows(job.serving_window_s))
         | "WriteDriftEvents" >> WriteRows(os.path.join(output, "drift"), "jsonl", prefix="drift")
     )
-    dead_letters = (validated.dead_letter, inference_dead_letters) | "CollectDeadLetters" >> beam.Flatten()
-    _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output)
-
-    result = common.run_and_wait(pipeline, options, deep_metrics=serving_windows > common.MAX_SHALLOW_BUNDLES)
-    engine = common.describe_engine(result, options)
-    _LOGGER.info("Pipeline finished on %s.", engine)
-    counters = common.log_counters(result)
-    validation = {
-        name.split(".", 1)[1]: counters[name]
-        for name in REPORTED_COUNTERS
-        if name in counters
-    }
-    validation.update(common.distribution_summaries(result, REPORTED_DISTRIBUTIONS))
-
-    if args.no_report or not common.is_local_path(output):
-        return dict(validation, engine=engine)
-    command = "python -m pipelines.online_train " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
-    summary = report.build_report(output, model_name, model_spec.task, engine, command, validation)
-    print(report.format_summary_table(summary))
-    print(f"Report: {os.path.join(output, 'report.md')}")
-    return summary
+    dead_letters = (validation_dead_letters, inference_dead_letters) | "CollectDeadLetters" >> beam.Flatten()
+    _ = dead_letters | "WriteDeadLetters" >> dead_letter.WriteDeadLetters(output, prefix=dead_letter_prefix)
 
 
 def main() -> None:

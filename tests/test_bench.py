@@ -49,6 +49,7 @@ QUICK_ROWS = {
     "memory/plain PyTorch loop, peak RSS/-",
     "memory/online_train, per event, peak RSS/fnapi",
     "memory/online_train, blocks of 64, peak RSS/fnapi",
+    "memory/online_train, blocks of 64, one pipeline, peak RSS/fnapi",
 }
 # Without Go, Prism cannot be built and its rows contain only the reason.
 QUICK_PRISM_SKIPPED_ROWS = {
@@ -212,7 +213,8 @@ def test_sizes_memory_scans_large():
     sizes = bench_main._sizes(_parse("--large"), ["fnapi", "streaming", "prism"])
     assert sizes.memory_scans == (
         memory.MemoryScan("fnapi", 0, (10_000, 30_000, 100_000)),
-        memory.MemoryScan("fnapi", 256, (10_000, 100_000, 1_000_000, 10_000_000)),
+        memory.MemoryScan("fnapi", 256, (10_000, 100_000, 400_000, 1_000_000, 10_000_000)),
+        memory.MemoryScan("fnapi", 256, (1_000_000,), segment_events=0),
         memory.MemoryScan("streaming", 256, (10_000, 100_000)),
         memory.MemoryScan("prism_streaming", 256, (10_000, 100_000)),
         memory.MemoryScan("prism_streaming", 256, (10_000, 100_000, 1_000_000), replay_rate=1_000),
@@ -223,15 +225,16 @@ def test_sizes_memory_scans_large():
 def test_sizes_quick_and_skipped_scans():
     sizes = bench_main._sizes(_parse("--quick", "--block_size=64"), ["fnapi"])
     assert (sizes.events, sizes.block_events, sizes.streaming_block_events) == (600, 600, 600)
-    assert sizes.memory_scans == (memory.MemoryScan("fnapi", 0, (600,)), memory.MemoryScan("fnapi", 64, (600,)))
+    assert sizes.memory_scans == (memory.MemoryScan("fnapi", 0, (600,)), memory.MemoryScan("fnapi", 64, (600,)),
+                                  memory.MemoryScan("fnapi", 64, (600,), segment_events=0))
 
     sizes = bench_main._sizes(_parse("--quick", "--block_size=64"), ["prism"])
     assert sizes.memory_scans == (memory.MemoryScan("prism_streaming", 64, (600,)),
                                   memory.MemoryScan("prism_streaming", 64, (600,), replay_rate=1_000),
                                   memory.MemoryScan("prism_streaming", 64, (600,), case="replay"))
 
-    sizes = bench_main._sizes(_parse("--memory_sizes=", "--streaming_block_memory_sizes=5000"),
-                              ["fnapi", "streaming"])
+    sizes = bench_main._sizes(_parse("--memory_sizes=", "--one_pipeline_memory_sizes=",
+                                     "--streaming_block_memory_sizes=5000"), ["fnapi", "streaming"])
     assert [(scan.engine, scan.block_size) for scan in sizes.memory_scans] == [("fnapi", 256), ("streaming", 256)]
     assert sizes.memory_scans[1].sizes == (5_000,)
 
@@ -279,6 +282,9 @@ def test_memory_scan_rejects_bad_values():
     with pytest.raises(ValueError, match=r"A memory scan on fnapi cannot pace its replay, because only the "
                                          r"streaming replay on prism_streaming follows a replay rate"):
         memory.MemoryScan("fnapi", 256, (10_000,), replay_rate=1_000)
+    with pytest.raises(ValueError, match=r"A memory scan of online_train on prism_streaming cannot set "
+                                         r"segment_events: only online_train on fnapi runs in segments"):
+        memory.MemoryScan("prism_streaming", 256, (10_000,), segment_events=0)
 
 
 @pytest.mark.timeout(60)

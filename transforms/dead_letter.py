@@ -217,9 +217,10 @@ class _WriteWindowFileFn(beam.DoFn):
     shard, so a retried bundle overwrites the file instead of duplicating it.
     """
 
-    def __init__(self, directory: str, num_shards: int):
+    def __init__(self, directory: str, num_shards: int, prefix: str = FILE_PREFIX):
         self._directory = directory
         self._num_shards = num_shards
+        self._prefix = prefix
 
     def setup(self):
         make_directory(self._directory)
@@ -231,7 +232,7 @@ class _WriteWindowFileFn(beam.DoFn):
             pane_info=beam.DoFn.PaneInfoParam):
         shard, timestamped_lines = element
         lines = [line for _, line in sorted(timestamped_lines)]
-        name = window_file_name(window, pane_info.index, shard, self._num_shards)
+        name = window_file_name(window, pane_info.index, shard, self._num_shards, prefix=self._prefix)
         data = b"".join(line.encode("utf-8") + b"\n" for line in lines)
         path = write_file_atomically(self._directory, name, data)
         _LOGGER.info("Wrote %d dead letters to %s", len(lines), path)
@@ -246,7 +247,9 @@ class WriteDeadLetters(beam.PTransform):
     watermark passes its end. It fires again for every dead letter that
     arrives up to ``allowed_lateness`` seconds later, and each firing writes
     its own files. This works the same in batch and streaming pipelines.
-    The output is the PCollection of written file paths.
+    File names start with ``prefix``; pipelines that write dead letters of
+    the same windows to one directory need different prefixes. The output
+    is the PCollection of written file paths.
     """
 
     def __init__(
@@ -254,7 +257,8 @@ class WriteDeadLetters(beam.PTransform):
             output_dir: str,
             window_size: float = DEFAULT_WINDOW_SIZE,
             allowed_lateness: float = DEFAULT_ALLOWED_LATENESS,
-            num_shards: int = DEFAULT_NUM_SHARDS):
+            num_shards: int = DEFAULT_NUM_SHARDS,
+            prefix: str = FILE_PREFIX):
         super().__init__()
         if not output_dir:
             raise ValueError(
@@ -277,6 +281,7 @@ class WriteDeadLetters(beam.PTransform):
         self._window_size = window_size
         self._allowed_lateness = allowed_lateness
         self._num_shards = num_shards
+        self._prefix = prefix
 
     def expand(self, dead_letters):
         windowing = beam.WindowInto(
@@ -291,7 +296,7 @@ class WriteDeadLetters(beam.PTransform):
             | "WindowIntoFixed" >> windowing
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteFiles" >> beam.ParDo(
-                _WriteWindowFileFn(self._directory, self._num_shards)))
+                _WriteWindowFileFn(self._directory, self._num_shards, self._prefix)))
 
 
 def read_dead_letters(output_dir: str) -> list:

@@ -249,13 +249,13 @@ class _VersionedInferenceDoFn(beam.DoFn):
     """
 
     def __init__(self, model_handler: ModelHandler, initial_version: PublishedVersion,
-                 model_selection: str, with_baseline: bool, max_cached_models: int,
+                 model_selection: str, baseline_version: Optional[PublishedVersion], max_cached_models: int,
                  backpressure: BackpressureConfig, device: str = "cpu", torch_threads: Optional[int] = 1):
         self._handler = model_handler
         self._torch_threads = torch_threads
         self._initial = initial_version
         self._selection = model_selection
-        self._with_baseline = with_baseline
+        self._baseline = baseline_version
         self._max_cached_models = max_cached_models
         self._backpressure = backpressure
         self._device = device
@@ -337,8 +337,8 @@ class _VersionedInferenceDoFn(beam.DoFn):
             self.controller_batch_size.update(self._controller.batch_size)
 
         baseline = {}
-        if self._with_baseline:
-            frozen = self._cache.get(self._initial.path)
+        if self._baseline is not None:
+            frozen = self._cache.get(self._baseline.path)
             baseline_outcome, _ = self._run_split(events, frozen)
             baseline = {result.example.id: result.inference for result in baseline_outcome.predictions}
         self.model_loads.inc(self._cache.loads - loads_before)
@@ -418,8 +418,10 @@ class VersionedInference(beam.PTransform):
       model_handler: a ``ModelHandler`` over :class:`Event` batches.
       serving_records: the trainer's :class:`ServingRecord`s (``as_of``).
       published_versions: every :class:`PublishedVersion` (``latest``).
-      initial_version: version 0, which serves until a trained version
-        exists and is the frozen baseline.
+      initial_version: the version that serves until a trained version
+        exists (version 0, or the newest one when a job resumes).
+      with_baseline: also predict with the frozen baseline model.
+      baseline_version: that baseline; None means ``initial_version``.
       blocks: the events arrive as :class:`Block`s, which are served as
         they are instead of through ``BatchElements``; the predictions
         leave as Blocks too.
@@ -438,7 +440,8 @@ class VersionedInference(beam.PTransform):
 
     def __init__(self, model_handler: ModelHandler, serving_window_s: float, initial_version: PublishedVersion,
                  serving_records=None, published_versions=None, model_selection: str = "as_of",
-                 with_baseline: bool = True, max_cached_models: int = 4,
+                 with_baseline: bool = True, baseline_version: Optional[PublishedVersion] = None,
+                 max_cached_models: int = 4,
                  backpressure: BackpressureConfig = BackpressureConfig(), device: str = "cpu",
                  torch_threads: Optional[int] = 1, blocks: bool = False,
                  serving_join: Optional[str] = None, allowed_lateness_s: float = 0.0, serving_shards: int = 1):
@@ -467,7 +470,7 @@ class VersionedInference(beam.PTransform):
         self.serving_records = serving_records
         self.published_versions = published_versions
         self.model_selection = model_selection
-        self.with_baseline = with_baseline
+        self.baseline_version = (baseline_version or initial_version) if with_baseline else None
         self.max_cached_models = max_cached_models
         self.backpressure = backpressure
         self.device = device
@@ -481,7 +484,7 @@ class VersionedInference(beam.PTransform):
         streaming = events.pipeline.options.view_as(StandardOptions).streaming
         do_fn_args = (
             self.model_handler, self.initial_version, self.model_selection,
-            self.with_baseline, self.max_cached_models, self.backpressure, self.device, self.torch_threads,
+            self.baseline_version, self.max_cached_models, self.backpressure, self.device, self.torch_threads,
         )
         if self._join(streaming, events.pipeline.runner) == "group_by_key":
             paired = events | "JoinServingRecords" >> JoinServingRecords(

@@ -367,6 +367,39 @@ def record_timestamp(record: SourceRecord) -> Timestamp:
     return to_beam_timestamp(seconds)
 
 
+class ReplaySegment(NamedTuple):
+    """The records of a replay whose timestamps fall in [start, end).
+
+    Bounds are Beam timestamps in microseconds, compared with
+    :func:`record_timestamp`; None leaves that side open. A bounded job can
+    run as one pipeline per segment. ``first_arrival`` and ``last_arrival``
+    bound the arrival positions of the segment's records, so its replay
+    skips the records before them and stops reading after the last.
+    """
+
+    start_micros: Optional[int]
+    end_micros: Optional[int]
+    first_arrival: int
+    last_arrival: int
+
+    def contains(self, record: SourceRecord) -> bool:
+        micros = record_timestamp(record).micros
+        if self.start_micros is not None and micros < self.start_micros:
+            return False
+        return self.end_micros is None or micros < self.end_micros
+
+
+def iter_segment(source_config: SourceConfig, replay_config: ReplayConfig,
+                 segment: ReplaySegment) -> Iterator[SourceRecord]:
+    """Yield the records of :func:`iter_replay` that belong to ``segment``, in arrival order."""
+    # TODO: skip source chunks before first_arrival instead of reading the source again from its start.
+    for record in iter_replay(source_config, replay_config, start=segment.first_arrival):
+        if record.arrival > segment.last_arrival:
+            return
+        if segment.contains(record):
+            yield record
+
+
 def iter_replay(source_config: SourceConfig, replay_config: ReplayConfig, start: int = 0) -> Iterator[SourceRecord]:
     """Yield the replay of a source from arrival position ``start`` on, reading the source as it goes.
 
@@ -494,16 +527,20 @@ class _ReplayRecordsFn(beam.DoFn):
     """Emit the whole replay from one impulse, for bounded pipelines."""
 
     def __init__(self, source_config: SourceConfig, replay_config: ReplayConfig,
-                 blocks: Optional[BlockConfig] = None):
+                 blocks: Optional[BlockConfig] = None, segment: Optional[ReplaySegment] = None):
         self._source_config = source_config
         self._replay_config = replay_config
         self._blocks = blocks
+        self._segment = segment
 
     def setup(self):
         self._metrics = _ReplayMetrics()
 
     def process(self, unused_impulse):
-        records = iter_replay(self._source_config, self._replay_config)
+        if self._segment is None:
+            records = iter_replay(self._source_config, self._replay_config)
+        else:
+            records = iter_segment(self._source_config, self._replay_config, self._segment)
         if self._blocks is None:
             for record in records:
                 self._metrics.count(record)
@@ -741,6 +778,8 @@ class ReadEvents(beam.PTransform):
 
     With ``blocks`` set, the elements are :class:`Block`s of SourceRecords cut
     by :meth:`BlockConfig.cut`, each timestamped at its earliest record.
+    With ``segment`` set (mode ``"batch"`` only), only the records of that
+    :class:`ReplaySegment` are emitted.
     """
 
     def __init__(
@@ -749,6 +788,7 @@ class ReadEvents(beam.PTransform):
         replay_config: Optional[ReplayConfig] = None,
         mode: str = "batch",
         blocks: Optional[BlockConfig] = None,
+        segment: Optional[ReplaySegment] = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -763,10 +803,16 @@ class ReadEvents(beam.PTransform):
                 f"Flink or Dataflow with --streaming; this runner replays in mode {mode!r}, which emits every "
                 "record at once. Add --streaming on one of those runners, or drop --replay_rate."
             )
+        if segment is not None and mode != "batch":
+            raise ValueError(
+                f"A replay segment needs the batch replay, but this runner replays in mode {mode!r}; "
+                "run segments without --streaming, or pass --segment_events=0."
+            )
         self._source_config = source_config
         self._replay_config = replay_config
         self._mode = mode
         self._blocks = blocks
+        self._segment = segment
 
     def expand(self, pbegin):
         # Resolving reads file headers, so a bad column name fails here, at
@@ -781,7 +827,7 @@ class ReadEvents(beam.PTransform):
         impulse = pbegin | "Impulse" >> beam.Impulse()
         if self._mode == "batch":
             return impulse | "ReplayRecords" >> beam.ParDo(
-                _ReplayRecordsFn(source_config, replay_config, self._blocks)
+                _ReplayRecordsFn(source_config, replay_config, self._blocks, self._segment)
             )
         return (
             impulse
