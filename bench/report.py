@@ -77,24 +77,25 @@ def plot_scaling(rows: List[Row], path: str) -> bool:
     if not series or max(len(points) for points in series.values()) < 2:
         return False
 
-    figure, (rate_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (rate_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 6))
     for label, points in sorted(series.items()):
         points.sort()
         sizes = [size for size, _, _ in points]
         rate_axis.plot(sizes, [rate for _, rate, _ in points], marker="o", label=label)
-        memory_axis.plot(sizes, [rss for _, _, rss in points], marker="o", label=label)
+        memory_axis.plot(sizes, [rss for _, _, rss in points], marker="o")
     for axis in (rate_axis, memory_axis):
         axis.set_xscale("log")
         # Labels on the minor ticks overlap when a scan spans less than a decade.
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("stream length (events)")
-        axis.legend(fontsize="small")
     rate_axis.set_yscale("log")
     rate_axis.set_ylabel("events/s, fresh process (log scale)")
     memory_axis.set_ylabel("peak RSS during the run (MiB)")
     memory_axis.set_ylim(bottom=0)
     figure.suptitle("online_train per event and in blocks, and the plain PyTorch loop")
-    figure.tight_layout()
+    # One legend below both plots, so that it hides no point.
+    figure.legend(loc="lower center", ncol=2, fontsize="small")
+    figure.tight_layout(rect=(0, 0.2, 1, 1))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)
