@@ -470,7 +470,9 @@ class VersionedInference(beam.PTransform):
         self.serving_records = serving_records
         self.published_versions = published_versions
         self.model_selection = model_selection
-        self.baseline_version = (baseline_version or initial_version) if with_baseline else None
+        self.baseline_version = None
+        if with_baseline:
+            self.baseline_version = baseline_version or initial_version
         self.max_cached_models = max_cached_models
         self.backpressure = backpressure
         self.device = device
