@@ -205,12 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
                             f"windows and a trigger without counts. Default: {DEFAULT_BLOCK_SIZE} where "
                             "they can be used, else 0.")
     group.add_argument("--segment_events", type=int, default=None,
-                       help="Run a bounded replay in batch as consecutive pipelines of about this many records, "
-                            "cut where windows start, each resuming from the newest model version; the "
-                            "outputs equal those of one pipeline and memory stays bounded by the segment. "
-                            "0 runs one pipeline. Default: "
-                            f"{segments.DEFAULT_SEGMENT_EVENTS} on the DirectRunner in batch (the FnApiRunner, "
-                            "which keeps a batch pipeline's data in memory), else 0.")
+                       help="Run a bounded replay as consecutive pipelines of about this many records, cut "
+                            "where windows start, each resuming from the newest model version; the outputs "
+                            "equal those of one pipeline and memory stays bounded by the segment. 0 runs one "
+                            f"pipeline. Default: {segments.DEFAULT_SEGMENT_EVENTS} on the DirectRunner, whose "
+                            "engines keep a job's data in memory, else 0.")
 
     group = parser.add_argument_group("validation and output")
     group.add_argument("--schema", default=None,
@@ -479,9 +478,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
 def segment_settings(args, options, mode: str, windowing_config, serving_window_s: float) -> tuple:
     """Return the records per segment (0: one pipeline) and the period of the possible cuts in microseconds."""
-    per_segment = segments.events_per_segment(
-        args.segment_events, common.runs_on_fnapi_runner(options), mode, args.model_selection
-    )
+    on_direct_runner = common.runs_on_fnapi_runner(options) or mode == "teststream"
+    per_segment = segments.events_per_segment(args.segment_events, on_direct_runner, mode, args.model_selection)
     if per_segment == 0:
         return 0, None
     try:

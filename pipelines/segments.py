@@ -1,10 +1,12 @@
 """Plan a bounded replay as event-time segments, one pipeline run each.
 
-In batch the FnApiRunner runs a pipeline stage by stage and keeps each
-stage's output in memory until the next stage has read it, so a job's
-memory grows with its stream. Run as consecutive pipelines over segments
-of the replay, each resuming from the model store's newest version, the
-job needs memory for one segment instead of the whole stream.
+The DirectRunner's engines keep a job's data in memory: in batch the
+FnApiRunner runs a pipeline stage by stage and keeps each stage's output
+until the next stage has read it, and in streaming the legacy engine's
+TestStream keeps every replayed element. So a job's memory grows with its
+stream. Run as consecutive pipelines over segments of the replay, each
+resuming from the model store's newest version, the job needs memory for
+one segment instead of the whole stream.
 
 A segment boundary is an event time where a training window and a serving
 window both start. Every such window, with its panes and its output
@@ -81,8 +83,8 @@ def plan_segments(records: Iterable[SourceRecord], period_micros: int, events_pe
 
     ``records`` is the replay (each with ``arrival`` and ``watermark``). The
     number of segments is the record count over ``events_per_segment``,
-    rounded up, and the cuts split the records about evenly; a period with
-    more records than that stays whole. The first segment is open below
+    rounded up. The cuts split the records about evenly, but a period with
+    more records than a segment's share stays whole. The first segment is open below
     and the last open above, so every record belongs to exactly one.
     """
     if events_per_segment < 1:
@@ -131,24 +133,25 @@ def dead_letter_prefix(position: int) -> str:
     return f"{FILE_PREFIX}-segment-{position:05d}"
 
 
-def events_per_segment(flag: Optional[int], on_fnapi_runner: bool, replay_mode: str, model_selection: str) -> int:
+def events_per_segment(flag: Optional[int], on_direct_runner: bool, replay_mode: str, model_selection: str) -> int:
     """Return the records per segment for ``--segment_events`` (None: automatic); 0 runs one pipeline.
 
-    Automatic segments apply on the FnApiRunner only: it is the engine
-    that keeps a batch pipeline's data in memory, while Prism with
-    ``--streaming``, Flink and Dataflow bound it themselves.
+    Automatic segments apply on the DirectRunner only, whose engines keep
+    the job's data in memory. Flink and Dataflow spill a batch pipeline's
+    data to disk, and the streaming replay on Prism, Flink and Dataflow (a
+    splittable DoFn, mode ``"sdf"``) cannot be cut.
     """
     if flag is not None and (isinstance(flag, bool) or flag < 0):
         raise ValueError(f"--segment_events must be 0 (one pipeline) or more, got {flag}; for example 200000.")
     wanted = flag
     if wanted is None:
-        wanted = DEFAULT_SEGMENT_EVENTS if on_fnapi_runner else 0
+        wanted = DEFAULT_SEGMENT_EVENTS if on_direct_runner else 0
     if wanted == 0:
         return 0
 
     reason = None
-    if replay_mode != "batch":
-        reason = "segments need the batch replay; a streaming replay runs as one pipeline"
+    if replay_mode == "sdf":
+        reason = "the splittable DoFn replay of a streaming runner runs as one pipeline"
     elif model_selection != "as_of":
         reason = (f"--model_selection={model_selection} serves the newest version published anywhere in the "
                   "pipeline, which a segment cannot see")

@@ -1,7 +1,8 @@
-"""Segmented batch runs: the plan of cuts, and outputs equal to one pipeline's."""
+"""Segmented runs: the plan of cuts, and outputs equal to one pipeline's."""
 
 import hashlib
 import json
+import logging
 import math
 import os
 
@@ -111,22 +112,25 @@ def test_segments_replay_the_whole_disordered_stream(tmp_path):
     assert merged == whole
 
 
-@pytest.mark.parametrize("flag, on_fnapi, mode, selection, expected", [
+@pytest.mark.parametrize("flag, on_direct_runner, mode, selection, expected", [
     (None, True, "batch", "as_of", segments.DEFAULT_SEGMENT_EVENTS),
+    (None, True, "teststream", "as_of", segments.DEFAULT_SEGMENT_EVENTS),
     (None, False, "batch", "as_of", 0),
+    (None, False, "sdf", "as_of", 0),
     (None, True, "batch", "latest", 0),
     (5000, False, "batch", "as_of", 5000),
+    (5000, True, "teststream", "as_of", 5000),
     (0, True, "batch", "as_of", 0),
     (0, False, "sdf", "latest", 0),
 ])
-def test_events_per_segment(flag, on_fnapi, mode, selection, expected):
-    assert segments.events_per_segment(flag, on_fnapi, mode, selection) == expected
+def test_events_per_segment(flag, on_direct_runner, mode, selection, expected):
+    assert segments.events_per_segment(flag, on_direct_runner, mode, selection) == expected
 
 
 @pytest.mark.parametrize("flag, mode, selection, message", [
     (-1, "batch", "as_of", r"--segment_events must be 0 \(one pipeline\) or more, got -1"),
-    (5000, "sdf", "as_of", r"--segment_events=5000 cannot be used here: segments need the batch replay"),
-    (5000, "teststream", "as_of", r"segments need the batch replay"),
+    (5000, "sdf", "as_of", r"--segment_events=5000 cannot be used here: the splittable DoFn replay of a "
+                           r"streaming runner runs as one pipeline"),
     (5000, "batch", "latest", r"--model_selection=latest serves the newest version"),
 ])
 def test_events_per_segment_rejects(flag, mode, selection, message):
@@ -140,7 +144,7 @@ def test_job_rejects_segments_of_sliding_windows(tmp_path):
 
 
 def test_replay_segment_needs_the_batch_replay():
-    with pytest.raises(ValueError, match="A replay segment needs the batch replay"):
+    with pytest.raises(ValueError, match="A replay segment needs the batch or TestStream replay"):
         replay.ReadEvents(sources.SourceConfig(), mode="sdf", segment=replay.ReplaySegment(None, None, 0, 0))
 
 
@@ -179,7 +183,7 @@ def _assert_same_predictions(whole, cut):
         assert cut[event_id][3] == pytest.approx(baseline, abs=1e-6), event_id
 
 
-def _run_whole_and_cut(tmp_path, per_segment, *args):
+def _run_whole_and_cut(tmp_path, per_segment: int, *args) -> tuple:
     summaries, outputs = [], []
     for name, flag in (("whole", 0), ("cut", per_segment)):
         output_dir = str(tmp_path / name)
@@ -238,3 +242,19 @@ def test_segments_keep_every_bad_record(tmp_path):
     }
     assert cut_summary["records_read"] == whole_summary["records_read"] == 123
     assert cut_summary["dead_letters"] == whole_summary["dead_letters"] == 3
+
+
+def test_segments_on_the_streaming_engine(tmp_path, caplog):
+    # The legacy streaming DirectRunner replays each segment from its own TestStream.
+    caplog.set_level(logging.INFO, logger=online_train.__name__)
+    args = ["--streaming", "--max_events=800", "--seed=2"]
+    (whole_summary, cut_summary), (whole_dir, cut_dir) = _run_whole_and_cut(tmp_path, 200, *args)
+    started = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Segment ")]
+    whole, cut = _outputs(whole_dir, "phishing-mlp"), _outputs(cut_dir, "phishing-mlp")
+
+    _assert_same_predictions(whole[0], cut[0])
+    assert cut[1:] == whole[1:]
+    assert len(whole[0]) == 800
+    assert cut_summary["engine"].startswith("BundleBasedDirectRunner")
+    assert [message.split(":")[0] for message in started] == [f"Segment {k} of 4" for k in range(1, 5)]
+    assert cut_summary["versions_published"] == whole_summary["versions_published"]

@@ -778,8 +778,8 @@ class ReadEvents(beam.PTransform):
 
     With ``blocks`` set, the elements are :class:`Block`s of SourceRecords cut
     by :meth:`BlockConfig.cut`, each timestamped at its earliest record.
-    With ``segment`` set (mode ``"batch"`` only), only the records of that
-    :class:`ReplaySegment` are emitted.
+    With ``segment`` set (modes ``"batch"`` and ``"teststream"``), only the
+    records of that :class:`ReplaySegment` are emitted.
     """
 
     def __init__(
@@ -803,10 +803,10 @@ class ReadEvents(beam.PTransform):
                 f"Flink or Dataflow with --streaming; this runner replays in mode {mode!r}, which emits every "
                 "record at once. Add --streaming on one of those runners, or drop --replay_rate."
             )
-        if segment is not None and mode != "batch":
+        if segment is not None and mode == "sdf":
             raise ValueError(
-                f"A replay segment needs the batch replay, but this runner replays in mode {mode!r}; "
-                "run segments without --streaming, or pass --segment_events=0."
+                f"A replay segment needs the batch or TestStream replay, but this runner replays in mode {mode!r}; "
+                "pass --segment_events=0."
             )
         self._source_config = source_config
         self._replay_config = replay_config
@@ -821,7 +821,10 @@ class ReadEvents(beam.PTransform):
         replay_config = self._replay_config
 
         if self._mode == "teststream":
-            records = iter_replay(source_config, replay_config)
+            if self._segment is None:
+                records = iter_replay(source_config, replay_config)
+            else:
+                records = iter_segment(source_config, replay_config, self._segment)
             return pbegin | "ReplayTestStream" >> build_test_stream(records, self._blocks)
 
         impulse = pbegin | "Impulse" >> beam.Impulse()
