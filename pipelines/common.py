@@ -143,20 +143,30 @@ def describe_engine(result, options) -> str:
     return f"{runner} ({name})"
 
 
-def log_counters(results) -> dict:
+def query_metrics(result) -> Optional[dict]:
+    """Return the metrics of a finished pipeline as ``MetricResults.query()`` gives them, or None.
+
+    None means that the runner does not report metrics to the driver.
+    """
+    try:
+        return result.metrics().query()
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def log_counters(queries) -> dict:
     """Log every user counter of finished pipelines, summed over them; return the sums by name.
 
-    Names are ``<namespace>.<name>``. NOTE: the legacy streaming DirectRunner
-    in Beam 2.77 reports only part of its counters, so totals there are low.
+    ``queries`` are :func:`query_metrics` results. Names are
+    ``<namespace>.<name>``. NOTE: the legacy streaming DirectRunner in Beam
+    2.77 reports only part of its counters, so totals there are low.
     """
     totals = {}
-    for result in results:
-        try:
-            counters = result.metrics().query()["counters"]
-        except (NotImplementedError, AttributeError, KeyError):
+    for query in queries:
+        if query is None or "counters" not in query:
             _LOGGER.info("This runner does not report metrics to the driver.")
             return {}
-        for counter in counters:
+        for counter in query["counters"]:
             key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
             totals[key] = totals.get(key, 0) + (counter.committed if counter.committed is not None else counter.attempted)
     for key in sorted(totals):
@@ -168,19 +178,18 @@ def is_local_path(path: str) -> bool:
     return "://" not in path
 
 
-def distribution_summaries(results, names) -> dict:
+def distribution_summaries(queries, names) -> dict:
     """Return ``{<name>_min, _mean, _max}`` for each named Beam distribution, over finished pipelines.
 
-    ``names`` are ``<namespace>.<name>``; distributions the runners did not
-    report are left out.
+    ``queries`` are :func:`query_metrics` results, and ``names`` are
+    ``<namespace>.<name>``; distributions the runners did not report are
+    left out.
     """
     merged = {}
-    for result in results:
-        try:
-            distributions = result.metrics().query()["distributions"]
-        except (NotImplementedError, AttributeError, KeyError):
+    for query in queries:
+        if query is None or "distributions" not in query:
             return {}
-        for distribution in distributions:
+        for distribution in query["distributions"]:
             key = f"{distribution.key.metric.namespace}.{distribution.key.metric.name}"
             data = distribution.committed or distribution.attempted
             if key not in names or data is None or not data.count:

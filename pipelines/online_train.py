@@ -452,19 +452,20 @@ def run(argv: Optional[List[str]] = None) -> dict:
                schema, model_spec, training_config, baseline_version, filesystem)
     deep_metrics = serving_windows > common.MAX_SHALLOW_BUNDLES
     if segmented:
-        results = run_segments(job, store, initial_version, per_segment, period_micros, deep_metrics)
+        queries, result = run_segments(job, store, initial_version, per_segment, period_micros, deep_metrics)
     else:
-        results = [common.run_and_wait(build_pipeline(job, initial_version), options, deep_metrics=deep_metrics)]
+        result = common.run_and_wait(build_pipeline(job, initial_version), options, deep_metrics=deep_metrics)
+        queries = [common.query_metrics(result)]
 
-    engine = common.describe_engine(results[-1], options)
+    engine = common.describe_engine(result, options)
     _LOGGER.info("Pipeline finished on %s.", engine)
-    counters = common.log_counters(results)
+    counters = common.log_counters(queries)
     validation = {
         name.split(".", 1)[1]: counters[name]
         for name in REPORTED_COUNTERS
         if name in counters
     }
-    validation.update(common.distribution_summaries(results, REPORTED_DISTRIBUTIONS))
+    validation.update(common.distribution_summaries(queries, REPORTED_DISTRIBUTIONS))
 
     output = args.output_dir
     if args.no_report or not common.is_local_path(output):
@@ -493,14 +494,19 @@ def segment_settings(args, options, mode: str, windowing_config, serving_window_
 
 
 def run_segments(job: _Job, store: ModelStore, initial_version, per_segment: int, period_micros: int,
-                 deep_metrics: bool) -> list:
-    """Run one pipeline per planned segment, each from the newest version; return their results."""
+                 deep_metrics: bool) -> tuple:
+    """Run one pipeline per planned segment, each from the newest version.
+
+    Returns each pipeline's metrics (:func:`common.query_metrics`) and the
+    last pipeline's result. The other results are dropped as soon as their
+    metrics are read, because a runner's result can keep its pipeline's data.
+    """
     planned = segments.plan_segments(
         replay.iter_replay(sources.resolve_source_config(job.source_config), job.replay_config),
         period_micros,
         per_segment,
     )
-    results = []
+    queries, result = [], None
     version = initial_version
     for position, segment in enumerate(planned, start=1):
         if position > 1:
@@ -510,8 +516,11 @@ def run_segments(job: _Job, store: ModelStore, initial_version, per_segment: int
             position, len(planned), segment.records, segment.replay.first_arrival, version.version,
         )
         pipeline = build_pipeline(job, version, segment, segments.dead_letter_prefix(position))
-        results.append(common.run_and_wait(pipeline, job.options, deep_metrics=deep_metrics))
-    return results
+        # The legacy DirectRunner's result keeps its evaluation context, and with it the segment's state.
+        result = None
+        result = common.run_and_wait(pipeline, job.options, deep_metrics=deep_metrics)
+        queries.append(common.query_metrics(result))
+    return queries, result
 
 
 def build_pipeline(job: _Job, initial_version, segment: Optional[segments.Segment] = None,
