@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "with --streaming, in block mode (empty to skip); 10^6 events take about 100 s.")
     parser.add_argument("--large", action="store_true",
                         help=f"Add {_size_list(LARGE_BLOCK_MEMORY_SIZES)} events to the FnApiRunner block-mode "
-                             "memory scan, in segments: about 40 minutes on 2 cores, an estimate from 4,300 "
-                             "events/s measured at 10^6 events in blocks of 256.")
+                             "memory scan, in segments: 68 minutes on 2 cores in one measured run, most of the "
+                             "extra time spent reading the source again for each of the 50 segments.")
     parser.add_argument("--torch_threads", type=int, default=1,
                         help="torch intra-op threads for every case; 1 suits these small models on a shared CPU.")
     parser.add_argument("--docs_dir", default="docs",
