@@ -10,8 +10,8 @@ one segment instead of the whole stream.
 
 A segment boundary is an event time where a training window and a serving
 window both start. Every such window, with its panes and its output
-files, then lies within one segment, and the trainer has
-trained on every pane of a segment when the segment's pipeline ends. The
+files, then lies within one segment, and the trainer has trained on every
+pane of a segment when the segment's pipeline ends. The
 next segment starts from the version trained through its first event
 time, the version that the single pipeline serves there too. Its
 checkpoint holds the weights, the optimizer, the batch-order generator and
@@ -136,9 +136,9 @@ def dead_letter_prefix(position: int) -> str:
 def events_per_segment(flag: Optional[int], on_direct_runner: bool, replay_mode: str, model_selection: str) -> int:
     """Return the records per segment for ``--segment_events`` (None: automatic); 0 runs one pipeline.
 
-    Automatic segments apply on the DirectRunner only, whose engines keep
-    the job's data in memory. Flink and Dataflow spill a batch pipeline's
-    data to disk, and the streaming replay on Prism, Flink and Dataflow (a
+    Automatic segments apply on the DirectRunner only, whose engines were
+    measured keeping the job's data in memory; other batch runners take an
+    explicit value. The streaming replay on Prism, Flink and Dataflow (a
     splittable DoFn, mode ``"sdf"``) cannot be cut.
     """
     if flag is not None and (isinstance(flag, bool) or flag < 0):
