@@ -47,8 +47,8 @@ QUICK_MEMORY_SIZES = (600,)
 DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MEMORY_SIZES = (10_000, 30_000, 100_000)
 DEFAULT_BLOCK_MEMORY_SIZES = (10_000, 100_000, 400_000, 1_000_000)
-# The job's default on the FnApiRunner runs a stream longer than one segment
-# in segments; this scan runs it as one pipeline for comparison.
+# By default the job runs a stream longer than one segment in segments on
+# the FnApiRunner. This scan runs it as one pipeline, for comparison.
 DEFAULT_ONE_PIPELINE_MEMORY_SIZES = (1_000_000,)
 DEFAULT_STREAMING_BLOCK_MEMORY_SIZES = (10_000, 100_000)
 DEFAULT_PRISM_STREAMING_MEMORY_SIZES = (10_000, 100_000)

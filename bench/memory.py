@@ -64,6 +64,8 @@ SCAN_ENGINES = ("fnapi", "streaming", "prism_streaming")
 PROCESS_TREE_ENGINES = ("prism_streaming",)
 # The scan engines whose replay is the splittable DoFn, the only mode that follows --replay_rate.
 PACED_ENGINES = ("prism_streaming",)
+# The scan engines on which online_train can run in segments (its --segment_events).
+SEGMENT_ENGINES = ("fnapi", "streaming")
 SAMPLE_PERIOD_S = 0.1
 # A paced run that takes longer than this factor of its pace plus these
 # seconds fell behind its replay.
@@ -103,9 +105,9 @@ class MemoryScan:
         if self.replay_rate and self.engine not in PACED_ENGINES:
             raise ValueError(f"A memory scan on {self.engine} cannot pace its replay, because only the streaming "
                              f"replay on {', '.join(PACED_ENGINES)} follows a replay rate.")
-        if self.segment_events is not None and (self.engine != "fnapi" or self.case != "online_train"):
+        if self.segment_events is not None and (self.engine not in SEGMENT_ENGINES or self.case != "online_train"):
             raise ValueError(f"A memory scan of {self.case} on {self.engine} cannot set segment_events: only "
-                             "online_train on fnapi runs in segments.")
+                             f"online_train on {' or '.join(SEGMENT_ENGINES)} runs in segments.")
 
 
 def scan_engine(name: str) -> Engine:

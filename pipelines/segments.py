@@ -1,8 +1,8 @@
 """Plan a bounded replay as event-time segments, one pipeline run each.
 
-The DirectRunner's engines keep a job's data in memory: in batch the
+The DirectRunner's engines keep a job's data in memory. In batch the
 FnApiRunner runs a pipeline stage by stage and keeps each stage's output
-until the next stage has read it, and in streaming the legacy engine's
+until the next stage has read it. In streaming the legacy engine's
 TestStream keeps every replayed element. So a job's memory grows with its
 stream. Run as consecutive pipelines over segments of the replay, each
 resuming from the model store's newest version, the job needs memory for
@@ -143,10 +143,10 @@ def events_per_segment(flag: Optional[int], on_direct_runner: bool, replay_mode:
     """
     if flag is not None and (isinstance(flag, bool) or flag < 0):
         raise ValueError(f"--segment_events must be 0 (one pipeline) or more, got {flag}; for example 200000.")
-    wanted = flag
-    if wanted is None:
-        wanted = DEFAULT_SEGMENT_EVENTS if on_direct_runner else 0
-    if wanted == 0:
+    per_segment = flag
+    if per_segment is None:
+        per_segment = DEFAULT_SEGMENT_EVENTS if on_direct_runner else 0
+    if per_segment == 0:
         return 0
 
     reason = None
@@ -156,7 +156,7 @@ def events_per_segment(flag: Optional[int], on_direct_runner: bool, replay_mode:
         reason = (f"--model_selection={model_selection} serves the newest version published anywhere in the "
                   "pipeline, which a segment cannot see")
     if reason is None:
-        return wanted
+        return per_segment
     if flag is None:
         _LOGGER.info("Running one pipeline: %s.", reason)
         return 0

@@ -283,7 +283,8 @@ def test_memory_scan_rejects_bad_values():
                                          r"streaming replay on prism_streaming follows a replay rate"):
         memory.MemoryScan("fnapi", 256, (10_000,), replay_rate=1_000)
     with pytest.raises(ValueError, match=r"A memory scan of online_train on prism_streaming cannot set "
-                                         r"segment_events: only online_train on fnapi runs in segments"):
+                                         r"segment_events: only online_train on fnapi or streaming runs in "
+                                         r"segments"):
         memory.MemoryScan("prism_streaming", 256, (10_000,), segment_events=0)
 
 

@@ -31,12 +31,12 @@ def _record(arrival, event_time, watermark=MIN_WATERMARK_SECONDS):
     ("fixed:10m", 900.0, 30 * MINUTE_MICROS),
     ("fixed:1500ms", 2.0, 6_000_000),
 ])
-def test_cut_period_is_where_both_windows_start(window, serving_s, expected_micros):
+def test_cut_period_known_answers(window, serving_s, expected_micros):
     assert segments.cut_period_micros(parse_window_spec(window), serving_s) == expected_micros
 
 
 @pytest.mark.parametrize("window", ["sliding:10m/5m", "session:5m", "global"])
-def test_cut_period_rejects_windows_that_span_any_cut(window):
+def test_cut_period_rejects_unfixed_windows(window):
     with pytest.raises(ValueError, match=r"--window=.*--segment_events=0"):
         segments.cut_period_micros(parse_window_spec(window), 300.0)
 
@@ -75,7 +75,7 @@ def test_plan_of_nothing_is_empty():
     period_s=st.sampled_from([0.5, 7.0, 60.0, 3600.0]),
     per_segment=st.integers(1, 20),
 )
-def test_every_record_belongs_to_exactly_one_segment(times, period_s, per_segment):
+def test_plan_covers_every_record_once(times, period_s, per_segment):
     records = [_record(arrival, time, watermark=float(arrival)) for arrival, time in enumerate(times)]
     period_micros = round(period_s * 1e6)
 
@@ -93,7 +93,7 @@ def test_every_record_belongs_to_exactly_one_segment(times, period_s, per_segmen
         assert len(planned) <= math.ceil(len(records) / per_segment)
 
 
-def test_segments_replay_the_whole_disordered_stream(tmp_path):
+def test_segments_replay_whole_stream():
     source_config = sources.resolve_source_config(sources.SourceConfig(dataset="sea", max_events=3000))
     replay_config = replay.ReplayConfig(
         disorder_fraction=0.3, max_disorder=600.0, late_fraction=0.05, late_delay=900.0, seed=3
@@ -138,18 +138,18 @@ def test_events_per_segment_rejects(flag, mode, selection, message):
         segments.events_per_segment(flag, True, mode, selection)
 
 
-def test_job_rejects_segments_of_sliding_windows(tmp_path):
+def test_job_rejects_sliding_window_segments(tmp_path):
     with pytest.raises(ValueError, match=r"--window=sliding:2h/1h cannot be cut into segments"):
         online_train.run([f"--output_dir={tmp_path}", "--window=sliding:2h/1h", "--segment_events=100"])
 
 
-def test_replay_segment_needs_the_batch_replay():
+def test_replay_segment_rejects_sdf_mode():
     with pytest.raises(ValueError, match="A replay segment needs the batch or TestStream replay"):
         replay.ReadEvents(sources.SourceConfig(), mode="sdf", segment=replay.ReplaySegment(None, None, 0, 0))
 
 
 def _outputs(output_dir, model_name):
-    """Every output of a run, in a form that does not depend on how it was cut."""
+    """Return every output of a run, in a form that does not depend on how it was cut."""
     rows = read_parquet_dir(os.path.join(output_dir, "predictions")).to_pylist()
     predictions = {
         row["id"]: (row["model_version"], row["training_watermark"], row["prediction"], row["baseline_prediction"])
@@ -194,7 +194,7 @@ def _run_whole_and_cut(tmp_path, per_segment: int, *args) -> tuple:
     return summaries, outputs
 
 
-def test_segments_give_the_outputs_of_one_pipeline(tmp_path):
+def test_segments_match_one_pipeline(tmp_path):
     # Disorder, late records, drift handling with replay and EWC: every part
     # of the trainer's state has to cross the segment boundaries.
     args = [
@@ -244,7 +244,7 @@ def test_segments_keep_every_bad_record(tmp_path):
     assert cut_summary["dead_letters"] == whole_summary["dead_letters"] == 3
 
 
-def test_segments_on_the_streaming_engine(tmp_path, caplog):
+def test_segments_on_streaming_engine(tmp_path, caplog):
     # The legacy streaming DirectRunner replays each segment from its own TestStream.
     caplog.set_level(logging.INFO, logger=online_train.__name__)
     args = ["--streaming", "--max_events=800", "--seed=2"]
